@@ -1,0 +1,348 @@
+"""The one training loop every method runs, as a plain function.
+
+``fit(spec, reporter=...)`` trains one trial in the current process. Under Ray Train it runs inside each worker
+(``search.driver``), with the process group already initialised; without Ray (a script, a benchmark, a GPU box
+without Ray) it runs as is, on one device. The loop owns data, optimiser, schedule, precision, DDP, evaluation and
+checkpoint state; the method (``trainables.methods``) owns the model and the loss.
+
+Determinism: the batch order of epoch ``e`` is a permutation drawn from ``(seed, e)`` and the augmentation generator
+of every worker is re-seeded from ``(seed, e, rank)`` at the start of each epoch, so a run resumed from the checkpoint
+of epoch ``k`` replays epochs ``k+1...`` exactly as an uninterrupted run would (bit-exact on CPU with
+``deterministic=True``).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import resource
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from trainables import distributed
+from trainables.config import ConfigError, TrainConfig
+from trainables.data import ImageData, load_dataset
+from trainables.methods import Method, get_method, unwrap
+from trainables.nets.syncbn import convert_sync_batchnorm
+from trainables.optim import build_optimizer, lr_at
+from trainables.probe import extract_features, knn_top1, linear_probe, logreg_probe, top1
+from trainables.trial import TrialSpec
+
+__all__ = ["CHECKPOINT_VERSION", "RecordingReporter", "Reporter", "check_data", "fit", "load_data"]
+
+CHECKPOINT_VERSION = 1
+
+
+class Reporter(Protocol):
+    """Receives one report per epoch. ``state`` (a ``torch.save``-able dict) is given on rank 0 only."""
+
+    def report(self, metrics: dict[str, Any], state: dict[str, Any] | None) -> None: ...
+
+
+@dataclass
+class _Progress:
+    """Loop position and bests, saved in every checkpoint."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimiser steps completed
+    best: dict[str, float] = field(default_factory=dict)
+
+
+def load_data(train: TrainConfig, *, download: bool = False) -> ImageData:
+    """Load (or open from the node cache) the dataset a TrainConfig names."""
+    return load_dataset(train.dataset, data_dir=train.data_dir, size=train.image_size, mean=train.mean,
+                        std=train.std, download=download)
+
+
+def check_data(spec: TrialSpec, data: ImageData) -> None:
+    """Validate what depends on the dataset: at least one full batch per epoch, and labels for label-using methods."""
+    if spec.train.batch_size > len(data.train):
+        raise ConfigError(f"`batch_size` must be at most the {len(data.train)} training images of "
+                          f"{data.name}, but got batch_size={spec.train.batch_size}")
+    if get_method(spec.method).uses_labels and (np.asarray(data.train.labels) < 0).any():
+        raise ConfigError(f"`method={spec.method}` needs labels, but {data.name}'s training split has unlabeled "
+                          "images; use a self-supervised method or a labelled dataset")
+
+
+def _device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", torch.cuda.current_device())))
+    return torch.device("cpu")
+
+
+def _seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _batches(images: np.ndarray, labels: np.ndarray, order: np.ndarray, per_worker: int,
+             device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield this worker's (uint8 images, labels) batches on ``device``, read one batch ahead in a thread."""
+    pin = device.type == "cuda"
+
+    def read(rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = np.sort(rows)  # ascending reads are kinder to a memory-mapped file; order inside a batch is irrelevant
+        x = torch.from_numpy(np.ascontiguousarray(images[rows]))
+        y = torch.from_numpy(np.ascontiguousarray(labels[rows]))
+        return (x.pin_memory(), y.pin_memory()) if pin else (x, y)
+
+    steps = len(order) // per_worker
+    q: queue.Queue = queue.Queue(maxsize=2)
+
+    def producer() -> None:
+        try:
+            for s in range(steps):
+                q.put(read(order[s * per_worker:(s + 1) * per_worker]))
+        except BaseException as e:  # surface read errors in the training thread
+            q.put(e)
+
+    threading.Thread(target=producer, daemon=True).start()
+    for _ in range(steps):
+        item = q.get()
+        if isinstance(item, BaseException):
+            raise item
+        x, y = item
+        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
+def _epoch_order(n: int, seed: int, epoch: int, per_worker: int) -> np.ndarray:
+    """This worker's sample indices for ``epoch``: one global permutation, dealt out in per-worker blocks."""
+    world, rank = distributed.world_size(), distributed.rank()
+    perm = np.random.default_rng([seed, epoch]).permutation(n)
+    steps = n // (per_worker * world)
+    perm = perm[: steps * per_worker * world].reshape(steps, world, per_worker)
+    return perm[:, rank, :].reshape(-1)
+
+
+def _peak_mem_mb(device: torch.device) -> float:
+    """Peak memory of this worker: CUDA allocator peak on GPU, process peak RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _evaluate(method: Method, model: nn.Module, data: ImageData, train: TrainConfig, device: torch.device,
+              *, final: bool) -> dict[str, float]:
+    """kNN top-1 on the val split every epoch; at the end also the linear (and logistic-regression) probes."""
+    module = unwrap(model)
+    module.eval()
+    kw = dict(mean=data.mean, std=data.std, batch_size=train.eval_batch_size, device=device)
+    fn = lambda x: method.eval_features(module, x)  # noqa: E731
+    bank = extract_features(fn, data.train_labeled.images, **kw)
+    val = extract_features(fn, data.val.images, **kw)
+    test = extract_features(fn, data.test.images, **kw) if final else None
+    module.train()
+    if distributed.rank() != 0:
+        return {}
+    y_bank, y_val = torch.from_numpy(np.asarray(data.train_labeled.labels)), torch.from_numpy(np.asarray(data.val.labels))
+    metrics = {"knn_top1": knn_top1(bank["backbone"], y_bank, val["backbone"], y_val, num_classes=data.num_classes,
+                                    k=train.knn_k, temperature=train.knn_temperature)}
+    if not final:
+        return metrics
+    y_test = torch.from_numpy(np.asarray(data.test.labels))
+    logits = {}
+    for name in bank:  # "backbone" plus any extra features (e.g. SelfCon exits)
+        logits[name] = linear_probe(bank[name], y_bank, {"val": (val[name], y_val), "test": (test[name], y_test)},
+                                    num_classes=data.num_classes, epochs=train.probe_epochs, lr=train.probe_lr,
+                                    weight_decay=train.probe_weight_decay, seed=train.seed)
+    metrics["linear_top1"] = top1(logits["backbone"]["test"], y_test)
+    metrics["linear_val_top1"] = top1(logits["backbone"]["val"], y_val)
+    for name, out in logits.items():
+        if name != "backbone":
+            metrics[f"{name}_top1"] = top1(out["test"], y_test)
+    if len(logits) > 1:
+        mean_logits = torch.stack([out["test"].softmax(1) for out in logits.values()]).mean(0)
+        metrics["ensemble_top1"] = top1(mean_logits, y_test)
+    if train.logreg_probe:
+        scores = logreg_probe(bank["backbone"], y_bank, {"test": (test["backbone"], y_test)}, seed=train.seed)
+        metrics["logreg_top1"] = scores["test"]
+    return metrics
+
+
+def fit(
+    spec: TrialSpec,
+    *,
+    reporter: Reporter | None = None,
+    resume_state: dict[str, Any] | None = None,
+    data: ImageData | None = None,
+    device: torch.device | None = None,
+    stop_after_epoch: int | None = None,
+) -> dict[str, Any]:
+    """Train ``spec`` and return the metrics of the last epoch (final probes included when training finished).
+
+    Args:
+        spec: the validated trial specification.
+        reporter: receives each epoch's metrics and (rank 0) the full checkpoint state; None = no reports.
+        resume_state: a state dict produced by an earlier report of the same spec; training continues after it.
+        data: an already-loaded dataset (default: ``load_data(spec.train)``, the node-level cache).
+        device: default CUDA (``LOCAL_RANK``) when available, else CPU.
+        stop_after_epoch: stop (without final probes) after this epoch; used to simulate an interruption.
+    """
+    train = spec.train
+    world, rank = distributed.world_size(), distributed.rank()
+    spec.check_world(world)
+    device = device or _device()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if train.num_threads:
+        torch.set_num_threads(train.num_threads)
+    if train.amp == "fp16" and device.type != "cuda":
+        raise ConfigError("`amp=fp16` needs a GPU; on CPU use amp=bf16 or amp=off")
+    if train.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    _seed_everything(train.seed)
+
+    data = data or load_data(train)
+    check_data(spec, data)
+    per_worker = train.batch_size // world
+    steps_per_epoch = len(data.train) // train.batch_size
+    total_steps = steps_per_epoch * train.epochs
+
+    method = get_method(spec.method)(spec.method_config, train=train, data=data)
+    model = method.build()
+    if train.sync_bn and world > 1:
+        model = convert_sync_batchnorm(model, device)
+    model.to(device)
+    ddp_model: nn.Module = model
+    if world > 1:
+        ddp_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = build_optimizer(model, train)
+    scaler = torch.amp.GradScaler("cuda", enabled=train.amp == "fp16")
+    autocast = (torch.autocast(device.type, dtype=torch.float16 if train.amp == "fp16" else torch.bfloat16)
+                if train.amp != "off" else nullcontext())
+    progress = _Progress()
+    if resume_state is not None:
+        _restore(resume_state, spec, model, optimizer, scaler, method, progress)
+    generator = torch.Generator(device=device)
+    peak_lr = train.scaled_lr()
+    last: dict[str, Any] = {}
+
+    for epoch in range(progress.epoch + 1, train.epochs + 1):
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        generator.manual_seed(int(np.random.SeedSequence([train.seed, epoch, rank]).generate_state(1)[0]))
+        order = _epoch_order(len(data.train), train.seed, epoch, per_worker)
+        loss_sum = torch.zeros((), device=device)
+        log_sums: dict[str, torch.Tensor] = {}
+        t0 = time.perf_counter()
+        for images, labels in _batches(data.train.images, data.train.labels, order, per_worker, device):
+            lr = lr_at(progress.step, train, steps_per_epoch=steps_per_epoch, total_steps=total_steps, peak=peak_lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr * group.get("lr_scale", 1.0)
+            with torch.no_grad():
+                views = method.views(images, generator)
+            with autocast:
+                loss, logs = method.loss(ddp_model, views, labels, step=progress.step)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}, step {progress.step}: "
+                                         "the trial diverged (lower lr or temperature, or turn AMP off)")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if train.grad_clip:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            progress.step += 1
+            method.after_step(ddp_model, step=progress.step)
+            loss_sum += loss.detach().float()
+            for k, v in logs.items():
+                log_sums[k] = log_sums.get(k, 0.0) + torch.as_tensor(v, dtype=torch.float32, device=device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        train_time = time.perf_counter() - t0
+        progress.epoch = epoch
+
+        final = epoch == train.epochs
+        t1 = time.perf_counter()
+        metrics: dict[str, Any] = {
+            "epoch": epoch,
+            "step": progress.step,
+            "train_loss": distributed.all_reduce_mean(loss_sum / steps_per_epoch).item(),
+            **{k: distributed.all_reduce_mean(v / steps_per_epoch).item() for k, v in log_sums.items()},
+            "lr": lr_at(progress.step - 1, train, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+                        peak=peak_lr),
+            "epoch_time_s": train_time,
+            "images_per_s": steps_per_epoch * train.batch_size / train_time,
+            "peak_mem_mb": distributed.all_reduce_max(torch.tensor(_peak_mem_mb(device), device=device)).item(),
+            "world_size": world,
+            "per_worker_batch": per_worker,
+            "gathered_negatives": world > 1,
+            **method.epoch_logs(),
+        }
+        metrics.update(_evaluate(method, ddp_model, data, train, device, final=final))
+        metrics["eval_time_s"] = time.perf_counter() - t1
+        for key in ("knn_top1", "linear_top1"):
+            if key in metrics:
+                progress.best[key] = max(progress.best.get(key, 0.0), metrics[key])
+                metrics[f"best_{key}"] = progress.best[key]
+        metrics["done"] = final
+        state = _state(spec, model, optimizer, scaler, method, progress) if rank == 0 else None
+        if reporter is not None:
+            reporter.report(metrics, state)
+        last = metrics
+        if stop_after_epoch is not None and epoch >= stop_after_epoch:
+            break
+    return last
+
+
+def _state(spec: TrialSpec, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+           method: Method, progress: _Progress) -> dict[str, Any]:
+    """Every piece of state a resume needs (weights, optimiser, scaler, method schedules, loop position, RNG)."""
+    return {
+        "version": CHECKPOINT_VERSION,
+        "spec": spec.flat(),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "method": method.state_dict(),
+        "progress": {"epoch": progress.epoch, "step": progress.step, "best": dict(progress.best)},
+        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state()},
+    }
+
+
+def _restore(state: dict[str, Any], spec: TrialSpec, model: nn.Module, optimizer: torch.optim.Optimizer,
+             scaler: torch.amp.GradScaler, method: Method, progress: _Progress) -> None:
+    if state.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(f"checkpoint version {state.get('version')!r} is not {CHECKPOINT_VERSION}")
+    saved, now = state["spec"], spec.flat()
+    changed = sorted(k for k in set(saved) | set(now) if k not in ("epochs",) and saved.get(k) != now.get(k))
+    if changed:
+        raise ValueError(f"the checkpoint was written by a different configuration (fields {', '.join(changed)})")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    method.load_state_dict(state["method"])
+    progress.epoch, progress.step = state["progress"]["epoch"], state["progress"]["step"]
+    progress.best = dict(state["progress"]["best"])
+    torch.set_rng_state(state["rng"]["torch"])
+    np.random.set_state(state["rng"]["numpy"])
+
+
+
+class RecordingReporter:
+    """A Reporter that keeps every epoch's metrics and the latest state in memory (scripts, tests, benchmarks)."""
+
+    def __init__(self) -> None:
+        self.metrics: list[dict[str, Any]] = []
+        self.state: dict[str, Any] | None = None
+
+    def report(self, metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
+        self.metrics.append(dict(metrics))
+        if state is not None:
+            self.state = state

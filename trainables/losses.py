@@ -1,0 +1,146 @@
+"""Contrastive losses as pure functions of tensors.
+
+Every loss takes tensors and returns a scalar tensor; nothing here owns parameters or state. Arguments after the
+tensors are keyword-only, and a bad argument raises ``ValueError`` naming it.
+
+SupCon, SimCLR and SelfCon share :func:`supcon_loss` (Khosla et al., 2020, eq. 2, ``L^sup_out``):
+
+- SupCon: ``features`` holds V augmented views per image and ``labels`` the classes.
+- SimCLR: ``labels=None``, so the positives of a vector are the other views of the same image (NT-Xent).
+- SelfCon: the "views" of an image are the features of its sub-network exits and of the backbone, from one
+  augmented view (or more, for SelfCon-M).
+
+Under DDP each rank gathers the global batch with :func:`trainables.distributed.gather_with_grad` and passes its own
+samples as ``anchor_index`` (:func:`trainables.distributed.local_rows`): every rank contrasts its anchors against
+the whole global batch, and the mean of the per-rank losses is the global loss.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+__all__ = ["supcon_loss"]
+
+ContrastMode = Literal["all", "one"]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# SupCon / SimCLR / SelfCon
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def supcon_loss(
+    features: Tensor,
+    labels: Tensor | None = None,
+    *,
+    temperature: float = 0.07,
+    base_temperature: float = 0.07,
+    contrast_mode: ContrastMode = "all",
+    anchor_index: slice | Tensor | None = None,
+) -> Tensor:
+    """Supervised contrastive loss; SimCLR's NT-Xent when ``labels`` is None.
+
+    The B*V vectors ``z`` of ``features`` are the contrasts. For an anchor ``i``, ``A(i)`` is every contrast but
+    ``i`` and ``P(i)`` the contrasts of ``A(i)`` with the label of ``i`` (without labels: the other views of the same
+    sample)::
+
+        L = (tau / base_tau) * mean_i [ -1/|P(i)| * sum_{p in P(i)} log( exp(z_i.z_p / tau)
+                                                                        / sum_{a in A(i)} exp(z_i.z_a / tau) ) ]
+
+    An anchor without positives contributes 0 and still counts in the mean. The features are used as given
+    (callers L2-normalise them); the logits are computed in at least float32 and shifted by their detached max over
+    ``A(i)``, so the loss and its gradient stay finite for any temperature.
+
+    Args:
+        features: ``[B, V, D]``, V views of B samples.
+        labels: ``[B]`` class of each sample, or None for SimCLR (each sample is its own class).
+        temperature: ``tau > 0``.
+        base_temperature: ``base_tau > 0``; the loss is scaled by ``tau / base_tau``.
+        contrast_mode: ``"all"``: every view is an anchor; ``"one"``: only view 0 is.
+        anchor_index: the samples (indices along B, as a slice or a 1-D integer tensor) whose vectors are anchors;
+            None for all. Contrasts are always all B*V vectors. Under DDP, ranks with equally many anchors make the
+            mean of their losses equal to the global loss.
+
+    Returns:
+        Scalar loss: the mean over ``n_anchor = len(anchor samples) * (V if contrast_mode == "all" else 1)``.
+    """
+    if features.ndim != 3:
+        raise ValueError(f"`features` must have shape [B, V, D], but got shape {tuple(features.shape)}")
+    batch, views, _ = features.shape
+    if batch == 0 or views == 0:
+        raise ValueError(
+            f"`features` must hold at least one sample and one view, but got shape {tuple(features.shape)}"
+        )
+    if not temperature > 0:
+        raise ValueError(f"`temperature > 0` must hold, but got temperature={temperature!r}")
+    if not base_temperature > 0:
+        raise ValueError(f"`base_temperature > 0` must hold, but got base_temperature={base_temperature!r}")
+    if contrast_mode not in ("all", "one"):
+        raise ValueError(f"`contrast_mode` must be 'all' or 'one', but got contrast_mode={contrast_mode!r}")
+    device = features.device
+
+    if labels is None:
+        sample_labels = torch.arange(batch, device=device)
+    else:
+        if labels.ndim != 1 or labels.shape[0] != batch:
+            raise ValueError(
+                f"`labels` must have shape [B] = [{batch}] to match `features`, but got shape {tuple(labels.shape)}"
+            )
+        sample_labels = labels.to(device)
+
+    anchor_samples = _anchor_samples(anchor_index, batch, device)
+    # Contrasts in view-major order: vector v * B + b is view v of sample b.
+    contrast = features.transpose(0, 1).reshape(views * batch, -1)
+    contrast_labels = sample_labels.repeat(views)
+    anchor_views = views if contrast_mode == "all" else 1
+    offsets = torch.arange(anchor_views, device=device) * batch
+    anchor_ids = (offsets[:, None] + anchor_samples[None, :]).reshape(-1)  # [n_anchor]
+
+    logits = contrast[anchor_ids] @ contrast.T  # [n_anchor, B*V]
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature
+    not_self = torch.arange(views * batch, device=device)[None, :] != anchor_ids[:, None]  # A(i)
+    positive = (contrast_labels[anchor_ids][:, None] == contrast_labels[None, :]) & not_self  # P(i)
+
+    # Shift by the detached max over A(i) so that the denominator is >= 1 (no underflow, no log(0)); the self
+    # logit is masked with -inf before exp so that neither its value nor its gradient can overflow. With a single
+    # vector A(i) is empty: the shift and denominator fall back to 0 and 1, and the anchor has no positives.
+    others = logits.masked_fill(~not_self, float("-inf"))
+    shift = others.amax(dim=1, keepdim=True).detach()
+    shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+    denominator = torch.exp(others - shift).sum(dim=1, keepdim=True)
+    denominator = torch.where(denominator > 0, denominator, torch.ones_like(denominator))
+    log_normaliser = (shift + torch.log(denominator)).squeeze(1)  # log sum_{a in A(i)} exp(z_i.z_a / tau), [n_anchor]
+
+    # mean_{p in P(i)} log_prob(i, p) = mean_{p in P(i)} logits(i, p) - log_normaliser(i); 0 when P(i) is empty.
+    n_positive = positive.sum(dim=1)
+    positive_logits = (logits * positive).sum(dim=1)
+    mean_log_prob_pos = (positive_logits - n_positive * log_normaliser) / n_positive.clamp(min=1)
+    return -(temperature / base_temperature) * mean_log_prob_pos.mean()
+
+
+def _anchor_samples(anchor_index: slice | Tensor | None, batch: int, device: torch.device) -> Tensor:
+    """Sample indices ``[n]`` (along B) selected by ``anchor_index``; validates it against the batch size."""
+    if anchor_index is None:
+        return torch.arange(batch, device=device)
+    if isinstance(anchor_index, slice):
+        samples = torch.arange(batch, device=device)[anchor_index]
+    elif isinstance(anchor_index, Tensor):
+        if anchor_index.ndim != 1 or anchor_index.dtype.is_floating_point or anchor_index.dtype == torch.bool:
+            raise ValueError(
+                "`anchor_index` must be a slice or a 1-D integer tensor, but got a tensor of shape "
+                f"{tuple(anchor_index.shape)} and dtype {anchor_index.dtype}"
+            )
+        samples = anchor_index.to(device=device, dtype=torch.long)
+        if samples.numel() and (samples.min() < 0 or samples.max() >= batch):
+            raise ValueError(
+                f"`0 <= anchor_index < B` must hold with B={batch}, but got values in "
+                f"[{int(samples.min())}, {int(samples.max())}]"
+            )
+    else:
+        raise ValueError(f"`anchor_index` must be None, a slice or a 1-D integer tensor, but got {anchor_index!r}")
+    if samples.numel() == 0:
+        raise ValueError(f"`anchor_index` must select at least one of the B={batch} samples, but got {anchor_index!r}")
+    return samples

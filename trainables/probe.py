@@ -1,0 +1,157 @@
+"""Evaluation of frozen features: kNN monitor, linear probe, logistic-regression probe, exit ensembles.
+
+Features are extracted once per evaluation (no augmentation), sharded over the DDP workers and gathered, so every
+probe below works on plain ``[N, D]`` tensors. Accuracies are fractions in [0, 1].
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from trainables import distributed
+from trainables.data.augment import eval_transform
+
+__all__ = ["extract_features", "knn_top1", "linear_probe", "logreg_probe", "top1"]
+
+
+@torch.no_grad()
+def extract_features(
+    fn: Callable[[Tensor], Mapping[str, Tensor]],
+    images: np.ndarray,
+    *,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    batch_size: int,
+    device: torch.device,
+) -> dict[str, Tensor]:
+    """Run ``fn`` (eval mode, no augmentation) over uint8 ``images [N,C,H,W]``; returns ``{name: [N, D]}`` on CPU.
+
+    Under DDP each worker processes an equal, contiguous shard (the last padded) and the shards are gathered, so
+    every worker ends with the features of all N images in order.
+    """
+    n = len(images)
+    world, rank = distributed.world_size(), distributed.rank()
+    per_rank = math.ceil(n / world)
+    start, stop = rank * per_rank, min((rank + 1) * per_rank, n)
+    chunks: dict[str, list[Tensor]] = {}
+    for i in range(start, max(start, stop), batch_size):
+        batch = torch.from_numpy(np.ascontiguousarray(images[i:min(i + batch_size, stop)])).to(device)
+        for name, f in fn(eval_transform(batch, mean=mean, std=std)).items():
+            chunks.setdefault(name, []).append(f.float())
+    if not chunks:  # an empty shard (more workers than images): ask the model for the feature names and widths
+        probe_batch = torch.from_numpy(np.ascontiguousarray(images[:1])).to(device)
+        chunks = {k: [v.float()[:0]] for k, v in fn(eval_transform(probe_batch, mean=mean, std=std)).items()}
+    out = {}
+    for name, parts in chunks.items():
+        local = torch.cat(parts)
+        if world > 1:
+            padded = local.new_zeros((per_rank, local.shape[1]))
+            padded[: len(local)] = local
+            local = distributed.gather(padded)[:n]
+        out[name] = local.cpu()
+    return out
+
+
+@torch.no_grad()
+def knn_top1(
+    bank: Tensor,
+    bank_labels: Tensor,
+    query: Tensor,
+    query_labels: Tensor,
+    *,
+    num_classes: int,
+    k: int = 200,
+    temperature: float = 0.1,
+    chunk_size: int = 1024,
+) -> float:
+    """Weighted kNN top-1 accuracy (Wu et al. 2018): cosine similarity to the k nearest bank features, each neighbour
+    voting for its class with weight ``exp(sim / temperature)``.
+
+    Shapes: bank [N, D], bank_labels [N], query [M, D], query_labels [M]. ``k`` is capped at N.
+    """
+    bank = F.normalize(bank.float(), dim=1)
+    query = F.normalize(query.float(), dim=1)
+    k = min(k, len(bank))
+    correct = 0
+    for i in range(0, len(query), chunk_size):
+        sim = query[i:i + chunk_size] @ bank.T  # [m, N]
+        top_sim, top_idx = sim.topk(k, dim=1)
+        votes = torch.zeros(len(sim), num_classes, dtype=sim.dtype)
+        votes.scatter_add_(1, bank_labels[top_idx], (top_sim / temperature).exp())
+        correct += (votes.argmax(1) == query_labels[i:i + chunk_size]).sum().item()
+    return correct / max(1, len(query))
+
+
+def linear_probe(
+    train_features: Tensor,
+    train_labels: Tensor,
+    eval_sets: Mapping[str, tuple[Tensor, Tensor]],
+    *,
+    num_classes: int,
+    epochs: int = 100,
+    lr: float = 0.1,
+    weight_decay: float = 0.0,
+    batch_size: int = 256,
+    seed: int = 0,
+) -> dict[str, Tensor]:
+    """Train a linear classifier on frozen features with SGD (momentum 0.9, cosine lr); return each eval set's logits.
+
+    Features are standardised with the training set's mean and std first, which makes one ``lr`` work across
+    backbones and feature scales. Shapes: train_features [N, D], train_labels [N]; eval_sets maps a name to
+    (features [M, D], labels [M]); the result maps the same names to logits [M, num_classes].
+    """
+    mu = train_features.mean(0, keepdim=True)
+    sd = train_features.std(0, keepdim=True).clamp_min(1e-6)
+    x = (train_features - mu) / sd
+    gen = torch.Generator().manual_seed(seed)
+    head = torch.nn.Linear(x.shape[1], num_classes)
+    with torch.no_grad():
+        head.weight.normal_(0.0, 0.01, generator=gen)
+        head.bias.zero_()
+    opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
+    steps_per_epoch = max(1, math.ceil(len(x) / batch_size))
+    total = max(1, epochs * steps_per_epoch)
+    step = 0
+    for _ in range(epochs):
+        perm = torch.randperm(len(x), generator=gen)
+        for i in range(0, len(x), batch_size):
+            idx = perm[i:i + batch_size]
+            for g in opt.param_groups:
+                g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
+            loss = F.cross_entropy(head(x[idx]), train_labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+    with torch.no_grad():
+        return {name: head((f - mu) / sd) for name, (f, _) in eval_sets.items()}
+
+
+def top1(logits: Tensor, labels: Tensor) -> float:
+    """Fraction of rows whose arg-max equals the label."""
+    return (logits.argmax(1) == labels).float().mean().item() if len(labels) else 0.0
+
+
+def logreg_probe(
+    train_features: Tensor,
+    train_labels: Tensor,
+    eval_sets: Mapping[str, tuple[Tensor, Tensor]],
+    *,
+    max_iter: int = 1000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """scikit-learn logistic regression on L2-normalised features (the sigmoid seed's evaluation); top-1 per set."""
+    from sklearn.linear_model import LogisticRegression
+
+    clf = LogisticRegression(max_iter=max_iter, random_state=seed)
+    clf.fit(F.normalize(train_features.float(), dim=1).numpy(), train_labels.numpy())
+    return {
+        name: float((clf.predict(F.normalize(f.float(), dim=1).numpy()) == y.numpy()).mean()) if len(y) else 0.0
+        for name, (f, y) in eval_sets.items()
+    }
