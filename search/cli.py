@@ -127,17 +127,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError(f"`max_failures` must be >= 0, but got max_failures={args.max_failures}")
 
     from search.cluster import init_ray
-    from search.driver import build_trainer
+    from search.driver import build_trainer, fit_with_progress
 
-    init_ray(args.address, log_to_driver=True)
+    init_ray(args.address)
     if args.address:
         check_feasible(resources, ClusterResources.from_ray())
     name = args.name or f"train-{spec.method}-{spec.train.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage = _storage_path(args.storage_path)
     print(f"csweep: training {spec.method} on {spec.train.dataset} for {spec.train.epochs} epoch(s) with "
           f"{resources.workers} worker(s); results in {storage}/{name}", file=sys.stderr)
-    result = build_trainer(spec, resources, name=name, storage_path=storage,
-                           max_failures=args.max_failures).fit()
+    result = fit_with_progress(
+        lambda callbacks: build_trainer(spec, resources, name=name, storage_path=storage,
+                                        max_failures=args.max_failures, callbacks=callbacks),
+        printer=lambda line: print(line, file=sys.stderr, flush=True))
     if result.error is not None:
         print(f"csweep: training failed: {result.error}", file=sys.stderr)
         return 1

@@ -8,17 +8,18 @@ reporter that turns each epoch into one ``ray.train.report`` (rank 0 attaches th
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+from ray.train.v2.api.callback import UserCallback
 
 from search.cluster import TrialResources
 from trainables.trial import TrialSpec
 
-__all__ = ["RayTrainReporter", "build_trainer", "progress_line", "read_checkpoint", "train_worker"]
+__all__ = ["ProgressCallback", "RayTrainReporter", "build_trainer", "fit_with_progress", "progress_line", "read_checkpoint",
+           "train_worker"]
 
 STATE_FILE = "state.pt"
 
@@ -44,7 +45,6 @@ class RayTrainReporter:
         if state is None:
             ray.train.report(metrics)
             return
-        print(progress_line(metrics), file=sys.stderr, flush=True)
         with tempfile.TemporaryDirectory(prefix="csweep-ckpt-") as tmp:
             torch.save(state, Path(tmp) / STATE_FILE)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
@@ -68,11 +68,52 @@ def train_worker(config: dict[str, Any]) -> None:
     fit(spec, reporter=RayTrainReporter(), resume_state=state)
 
 
+class ProgressCallback(UserCallback):
+    """Runs in the Train controller: forwards rank 0's metrics of every report to a Ray queue, so the process that
+    called ``fit()`` prints one clean line per epoch instead of forwarding every worker's logs."""
+
+    def __init__(self, queue) -> None:
+        self.queue = queue
+
+    def after_report(self, run_context, metrics, checkpoint) -> None:
+        self.queue.put(dict(metrics[0]))
+
+
+def fit_with_progress(trainer_factory, *, printer=print):
+    """Run ``trainer_factory(callbacks).fit()`` in a thread and print a progress line for every report."""
+    import threading
+
+    from ray.util.queue import Empty, Queue
+
+    queue = Queue()
+    trainer = trainer_factory([ProgressCallback(queue)])
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as e:  # re-raised in the caller's thread
+            outcome["error"] = e
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    while thread.is_alive() or not queue.empty():
+        try:
+            printer(progress_line(queue.get(timeout=0.5)))
+        except Empty:
+            continue
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
 def build_trainer(spec: TrialSpec, resources: TrialResources, *, name: str, storage_path: str,
                   max_failures: int = 0, callbacks: list | None = None, num_to_keep: int = 2):
     """A ``TorchTrainer`` for one trial: gloo on CPU, NCCL on GPU, one checkpoint per epoch (keep the last few)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
+    from ray.train.v2.api.config import LoggingConfig
 
     return TorchTrainer(
         train_worker,
@@ -86,5 +127,6 @@ def build_trainer(spec: TrialSpec, resources: TrialResources, *, name: str, stor
             failure_config=FailureConfig(max_failures=max_failures, controller_failure_limit=3),
             checkpoint_config=CheckpointConfig(num_to_keep=num_to_keep),
             callbacks=callbacks or [],
+            logging_config=LoggingConfig(log_level="WARNING"),
         ),
     )

@@ -99,6 +99,11 @@ class TrainConfig:
     num_threads: int = 0  # torch intra-op threads per worker; 0 = the CPUs the worker holds
 
     def __post_init__(self) -> None:
+        from trainables.data import DATASETS
+        from trainables.nets import BACKBONES
+
+        check_choice("dataset", self.dataset, DATASETS)
+        check_choice("backbone", self.backbone, tuple(BACKBONES))
         check_range("width", self.width, low=0.0, low_inclusive=False)
         check_choice("stem", self.stem, ("auto", "cifar", "imagenet"))
         check_range("epochs", self.epochs, low=1)

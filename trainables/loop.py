@@ -36,7 +36,7 @@ from trainables.optim import build_optimizer, lr_at
 from trainables.probe import extract_features, knn_top1, linear_probe, logreg_probe, top1
 from trainables.trial import TrialSpec
 
-__all__ = ["CHECKPOINT_VERSION", "RecordingReporter", "Reporter", "check_data", "fit", "load_data"]
+__all__ = ["CHECKPOINT_VERSION", "RecordingReporter", "Reporter", "check_data", "evaluate_untrained", "fit", "load_data"]
 
 CHECKPOINT_VERSION = 1
 
@@ -145,12 +145,12 @@ def _evaluate(method: Method, model: nn.Module, data: ImageData, train: TrainCon
     module.train()
     if distributed.rank() != 0:
         return {}
-    y_bank, y_val = torch.from_numpy(np.asarray(data.train_labeled.labels)), torch.from_numpy(np.asarray(data.val.labels))
+    y_bank, y_val = torch.from_numpy(np.array(data.train_labeled.labels)), torch.from_numpy(np.array(data.val.labels))
     metrics = {"knn_top1": knn_top1(bank["backbone"], y_bank, val["backbone"], y_val, num_classes=data.num_classes,
                                     k=train.knn_k, temperature=train.knn_temperature)}
     if not final:
         return metrics
-    y_test = torch.from_numpy(np.asarray(data.test.labels))
+    y_test = torch.from_numpy(np.array(data.test.labels))
     logits = {}
     for name in bank:  # "backbone" plus any extra features (e.g. SelfCon exits)
         logits[name] = linear_probe(bank[name], y_bank, {"val": (val[name], y_val), "test": (test[name], y_test)},
@@ -299,6 +299,17 @@ def fit(
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
             break
     return last
+
+
+def evaluate_untrained(spec: TrialSpec, *, data: ImageData | None = None,
+                       device: torch.device | None = None) -> dict[str, Any]:
+    """The final metrics (kNN and probes) of the method's freshly initialised model: the baseline training must beat."""
+    device = device or _device()
+    _seed_everything(spec.train.seed)
+    data = data or load_data(spec.train)
+    method = get_method(spec.method)(spec.method_config, train=spec.train, data=data)
+    model = method.build().to(device)
+    return _evaluate(method, model, data, spec.train, device, final=True)
 
 
 def _state(spec: TrialSpec, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,

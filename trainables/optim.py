@@ -65,7 +65,7 @@ def build_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.Optimiz
         return LARS(_param_groups(model, train.weight_decay), lr=lr, momentum=train.momentum)
     groups = _param_groups(model, train.weight_decay)
     for g in groups:
-        g.pop("lars_exclude")
+        g.pop("lars_exclude", None)
     return torch.optim.Adam(groups, lr=lr)  # L2 weight decay, as the sigmoid seed's Adam
 
 

@@ -41,11 +41,11 @@ def extract_features(
     start, stop = rank * per_rank, min((rank + 1) * per_rank, n)
     chunks: dict[str, list[Tensor]] = {}
     for i in range(start, max(start, stop), batch_size):
-        batch = torch.from_numpy(np.ascontiguousarray(images[i:min(i + batch_size, stop)])).to(device)
+        batch = torch.from_numpy(np.array(images[i:min(i + batch_size, stop)])).to(device)
         for name, f in fn(eval_transform(batch, mean=mean, std=std)).items():
             chunks.setdefault(name, []).append(f.float())
     if not chunks:  # an empty shard (more workers than images): ask the model for the feature names and widths
-        probe_batch = torch.from_numpy(np.ascontiguousarray(images[:1])).to(device)
+        probe_batch = torch.from_numpy(np.array(images[:1])).to(device)
         chunks = {k: [v.float()[:0]] for k, v in fn(eval_transform(probe_batch, mean=mean, std=std)).items()}
     out = {}
     for name, parts in chunks.items():

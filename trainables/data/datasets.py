@@ -85,16 +85,16 @@ class Split:
 class ImageData:
     """A dataset's four splits and what a model needs to know about it (see the module docstring for the splits)."""
 
-    name: str
+    name: str  # one of DATASETS
     num_classes: int
-    channels: int
-    image_size: int
+    channels: int  # always 3 (RGB)
+    image_size: int  # images are image_size x image_size
     mean: tuple[float, ...]  # per-channel mean of images scaled to [0, 1]
     std: tuple[float, ...]  # per-channel std of images scaled to [0, 1]
-    train: Split
-    train_labeled: Split
-    val: Split
-    test: Split
+    train: Split  # pretraining set (STL-10: + unlabeled, label -1); else the same object as train_labeled
+    train_labeled: Split  # labelled training images minus val: kNN bank, probe training
+    val: Split  # fixed-seed 10 % (<= 10,000) of the labelled training images: kNN metric, early stopping
+    test: Split  # the official evaluation split: final probe accuracy
 
     def __post_init__(self) -> None:
         want = (self.channels, self.image_size, self.image_size)
@@ -156,8 +156,8 @@ class _ArraySource:
 class _FileSource:
     """Image files decoded with PIL: RGB, shorter side resized to ``size`` (bilinear, antialiased), centre crop."""
 
-    def __init__(self, paths: Sequence[Path], labels: np.ndarray, *, size: int, field: str = "data_dir") -> None:
-        self.paths, self.labels, self.size, self.field = list(paths), labels.astype(np.int64), size, field
+    def __init__(self, paths: Sequence[str], labels: np.ndarray, *, size: int) -> None:
+        self.paths, self.labels, self.size = list(paths), labels.astype(np.int64), size
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -167,14 +167,14 @@ class _FileSource:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             return np.stack(list(pool.map(self._decode, (self.paths[i] for i in index))))
 
-    def _decode(self, path: Path) -> np.ndarray:
+    def _decode(self, path: str) -> np.ndarray:
         from PIL import Image
 
         try:
             with Image.open(path) as im:
                 img = im.convert("RGB")
         except Exception as exc:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError, ...)
-            raise DataError(f"`{self.field}` holds an unreadable image {str(path)!r}: {_oneline(exc)}") from exc
+            raise DataError(f"`data_dir` holds an unreadable image {path!r}: {_oneline(exc)}") from exc
         w, h = img.size
         if min(w, h) != self.size:  # torchvision Resize(size): the shorter side becomes `size`
             short, long = (w, h) if w <= h else (h, w)
@@ -240,28 +240,31 @@ def _locate(data_dir: Path, folder: str, probe: str) -> Path:
     return data_dir / folder
 
 
-def _image_files(directory: Path) -> list[Path]:
-    """Image files under ``directory`` (recursive, sorted), as torchvision's ImageFolder finds them."""
-    found = []
+def _image_files(directory: Path) -> tuple[list[str], list[str]]:
+    """Image files under ``directory`` (recursive, sorted, as torchvision's ImageFolder finds them) and the
+    directories walked. Plain strings: an ImageNet listing holds 1.3 million of them."""
+    files, dirs = [], []
     for dirpath, dirnames, filenames in os.walk(directory, followlinks=True):
         dirnames.sort()
-        found.extend(Path(dirpath) / f for f in sorted(filenames)
+        dirs.append(dirpath)
+        files.extend(os.path.join(dirpath, f) for f in sorted(filenames)
                      if f.lower().endswith(_IMG_EXTENSIONS) and not f.startswith("."))
-    return found
+    return files, dirs
 
 
-def _tree_fingerprint(paths: Sequence[Path], dirs: Sequence[Path], root: Path) -> str:
-    """Digest of the relative file names and every directory's mtime (see the module docstring)."""
+def _tree_fingerprint(files: Sequence[str], dirs: Sequence[str | Path], root: Path) -> str:
+    """Digest of the file names relative to ``root`` and every directory's mtime (see the module docstring)."""
     h = hashlib.sha256()
-    for p in paths:
-        h.update(str(p.relative_to(root)).encode() + b"\0")
-    for d in sorted(set(dirs)):
-        h.update(f"{d.relative_to(root)}:{d.stat().st_mtime_ns}\0".encode())
+    skip = len(str(root)) + 1
+    for f in files:
+        h.update(f[skip:].encode() + b"\0")
+    for d in sorted({str(d) for d in dirs}):
+        h.update(f"{d[skip:]}:{os.stat(d).st_mtime_ns}\0".encode())
     return h.hexdigest()
 
 
 # -- digits ------------------------------------------------------------------------------------------------------------
-def _plan_digits(root: Path | None, size: int) -> _Plan:
+def _plan_digits(size: int) -> _Plan:
     import sklearn
 
     def build() -> _Raw:
@@ -290,7 +293,7 @@ class _NumpyUnpickler(pickle.Unpickler):
 
     _ALLOWED = {(m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray") for n in ("_reconstruct", "scalar")}
     _ALLOWED |= {(m, "_frombuffer") for m in ("numpy.core.numeric", "numpy._core.numeric")}
-    _ALLOWED |= {("numpy", "ndarray"), ("numpy", "dtype")}
+    _ALLOWED |= {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}  # encode: bytes in protocol < 3
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in self._ALLOWED:
@@ -394,17 +397,20 @@ def _plan_tinyimagenet(data_dir: Path, size: int) -> _Plan:
     if not wnids:
         raise DataError(f"`data_dir` file {str(wnids_file)!r} must list the class ids, but is empty")
     index = {w: i for i, w in enumerate(wnids)}
-    train_paths, train_labels, dirs = [], [], [root / "train", root / "val" / "images"]
+    train_paths: list[str] = []
+    train_labels: list[int] = []
+    dirs: list[str | Path] = [root / "train", root / "val" / "images"]
     for w in wnids:
         d = _require(root / "train" / w / "images", name="tinyimagenet", what=f"tiny-imagenet-200/train/{w}/images/")
-        files = _image_files(d)
+        files, walked = _image_files(d)
         if not files:
             raise DataError(f"`data_dir` class folder {str(d)!r} must hold images, but is empty")
         train_paths += files
         train_labels += [index[w]] * len(files)
-        dirs.append(d)
+        dirs += walked
     val_dir = _require(root / "val" / "images", name="tinyimagenet", what="tiny-imagenet-200/val/images/")
-    test_paths, test_labels = [], []
+    test_paths: list[str] = []
+    test_labels: list[int] = []
     for lineno, line in enumerate(ann_file.read_text().splitlines(), 1):
         if not line.strip():
             continue
@@ -412,8 +418,8 @@ def _plan_tinyimagenet(data_dir: Path, size: int) -> _Plan:
         if len(parts) < 2 or parts[1] not in index:
             raise DataError(f"`data_dir` file {str(ann_file)!r} line {lineno} must read '<image> <wnid> ...' with a "
                             f"wnid from wnids.txt, but got {line.strip()!r}")
-        test_paths.append(_require(val_dir / parts[0], name="tinyimagenet",
-                                   what=f"tiny-imagenet-200/val/images/{parts[0]}"))
+        test_paths.append(str(_require(val_dir / parts[0], name="tinyimagenet",
+                                       what=f"tiny-imagenet-200/val/images/{parts[0]}")))
         test_labels.append(index[parts[1]])
     if not test_paths:
         raise DataError(f"`data_dir` file {str(ann_file)!r} must list the validation images, but is empty")
@@ -428,7 +434,7 @@ def _plan_tinyimagenet(data_dir: Path, size: int) -> _Plan:
 
 
 # -- ImageFolder trees (imagenet, imagenet100, folder) -----------------------------------------------------------------
-def _scan_tree(tree: Path, classes: list[str] | None = None) -> tuple[list[str], list[Path], list[int], list[Path]]:
+def _scan_tree(tree: Path, classes: list[str] | None = None) -> tuple[list[str], list[str], list[int], list[str]]:
     """Classes (sorted sub-folders, or the given ones), image paths, labels and the directories walked."""
     found = sorted(d.name for d in tree.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not found:
@@ -440,15 +446,17 @@ def _scan_tree(tree: Path, classes: list[str] | None = None) -> tuple[list[str],
         raise DataError(f"`data_dir` folder {str(tree)!r} must hold only the training classes, but also has "
                         f"{unknown[:5]}{' ...' if len(unknown) > 5 else ''}")
     index = {c: i for i, c in enumerate(classes)}
-    paths, labels, dirs = [], [], [tree]
+    paths: list[str] = []
+    labels: list[int] = []
+    dirs = [str(tree)]
     for c in found:
-        files = _image_files(tree / c)
+        files, walked = _image_files(tree / c)
         if not files:
             raise DataError(f"`data_dir` class folder {str(tree / c)!r} must hold at least one image "
                             f"({', '.join(_IMG_EXTENSIONS)}), but has none")
         paths += files
         labels += [index[c]] * len(files)
-        dirs += {p.parent for p in files} | {tree / c}
+        dirs += walked
     return classes, paths, labels, dirs
 
 
@@ -459,7 +467,7 @@ def _plan_folder(name: str, data_dir: Path, size: int) -> _Plan:
         _require(val_dir, name=name, what="val/<class>/<image>")
     tree = train_dir if train_dir.is_dir() else data_dir  # `folder` also accepts a single root/<class>/<image> tree
     classes, paths, labels, dirs = _scan_tree(tree)
-    test_paths: list[Path] = []
+    test_paths: list[str] = []
     test_labels: list[int] = []
     if tree is train_dir and val_dir.is_dir():
         _, test_paths, test_labels, val_dirs = _scan_tree(val_dir, classes)
@@ -506,17 +514,18 @@ def _check_stats(field: str, value: Any) -> tuple[float, ...] | None:
 
 
 def _check_data_dir(name: str, data_dir: Any, download: bool) -> Path | None:
-    if download and name not in _DOWNLOADABLE:
-        raise DataError(f"`download=True` is supported only for {', '.join(_DOWNLOADABLE)}; got download=True for "
-                        f"dataset={name!r}")
     if name == "digits":
-        return None  # embedded in scikit-learn; data_dir is ignored
+        return None  # embedded in scikit-learn; data_dir and download are ignored
     if data_dir is None:
         raise DataError(f"`data_dir` is required for dataset {name!r} (only 'digits' is embedded), but got "
                         f"data_dir=None")
     path = Path(data_dir).expanduser().resolve()
-    if download:
-        path.mkdir(parents=True, exist_ok=True)
+    if download and name in _DOWNLOADABLE:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DataError(f"`data_dir` must be creatable for download=True, but got data_dir={str(data_dir)!r}: "
+                            f"{_oneline(exc)}") from exc
     if not path.is_dir():
         raise DataError(f"`data_dir` must be an existing directory, but got data_dir={str(data_dir)!r}")
     return path
@@ -539,7 +548,7 @@ def _download(name: str, data_dir: Path) -> None:
 def _plan(name: str, root: Path | None, size: int, download: bool) -> _Plan:
     def locate() -> _Plan:
         if name == "digits":
-            return _plan_digits(root, size)
+            return _plan_digits(size)
         assert root is not None
         if name in _CIFAR:
             return _plan_cifar(name, root, size)
@@ -551,9 +560,11 @@ def _plan(name: str, root: Path | None, size: int, download: bool) -> _Plan:
 
     try:
         return locate()
-    except DataError:
+    except DataError as exc:
         if not download:
             raise
+        if name not in _DOWNLOADABLE:
+            raise DataError(f"{exc} (download=True fetches only {', '.join(_DOWNLOADABLE)})") from exc
     assert root is not None
     _download(name, root)
     return locate()
@@ -642,6 +653,15 @@ def _channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
 
 
 def _build_entry(entry: Path, plan: _Plan, name: str, size: int) -> None:
+    try:
+        _write_entry(entry, plan, name, size)
+    except BaseException:
+        for partial in entry.glob("*.npy"):  # a failed ImageNet decode may have written tens of GB
+            partial.unlink(missing_ok=True)
+        raise
+
+
+def _write_entry(entry: Path, plan: _Plan, name: str, size: int) -> None:
     raw = plan.build()
     n = len(raw.pool)
     n_test = 0 if raw.test is not None else (raw.n_test if raw.n_test is not None else _holdout(n))
@@ -692,7 +712,8 @@ def load_dataset(name: str, *, data_dir: str | os.PathLike[str] | None = None, s
             required for ``folder``. Image files are resized (shorter side) and centre-cropped, arrays resized.
         mean, std: per-channel normalisation statistics of images in [0, 1]. Default: the dataset's published values;
             for ``digits`` and ``folder`` computed from the training images (and cached).
-        download: fetch cifar10/cifar100/stl10 with torchvision if their files are missing; never otherwise.
+        download: fetch cifar10/cifar100/stl10 with torchvision if their files are missing; other datasets are never
+            downloaded (their errors then say so).
         cache_dir: node cache root (default ``$CSWEEP_CACHE`` or ``~/.cache/contrastive-sweeps``).
 
     Raises:

@@ -114,7 +114,8 @@ class Method(ABC):
         """Scalar loss of one step and a dict of float logs. ``model`` may be DDP-wrapped: call it to forward."""
 
     def after_step(self, model: nn.Module, *, step: int) -> None:
-        """Called after each optimiser step (EMA targets, momentum encoders, queues, schedules)."""
+        """Called after each optimiser step (EMA targets, momentum encoders, queues, schedules). Default: nothing."""
+        return None
 
     # -- evaluation ----------------------------------------------------------------------------------------------------
     def eval_features(self, model: nn.Module, x: Tensor) -> dict[str, Tensor]:
