@@ -109,6 +109,8 @@ def prepare_trial(method: str, settings: dict[str, Any], resources, *, download:
 
     spec = TrialSpec.from_settings(method, settings)
     spec.check_world(resources.workers)
+    if spec.train.amp == "fp16" and not resources.gpus_per_worker:
+        raise ConfigError("`amp=fp16` needs GPUs (--gpus-per-worker > 0); on CPU use amp=bf16 or amp=off")
     data = load_data(spec.train, download=download)
     check_data(spec, data)
     return spec

@@ -1,0 +1,36 @@
+"""Shared fixtures: a tiny-net configuration for digits, and helpers to run the CLI in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: Settings that make every method train a tiny net on digits in seconds on 2 CPU cores.
+TINY = {"width": 0.25, "batch_size": 128, "probe_epochs": 30, "eval_batch_size": 512}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _node_cache(tmp_path_factory):
+    """One dataset cache per test session (the node-level cache the workers memory-map)."""
+    cache = tmp_path_factory.mktemp("csweep-cache")
+    os.environ["CSWEEP_CACHE"] = str(cache)
+    yield cache
+
+
+def run_cli(*args: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``csweep ARGS`` in a fresh interpreter (its own Ray, stopped when it exits)."""
+    return subprocess.run([sys.executable, "-m", "search.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def set_args(settings: dict) -> list[str]:
+    out = []
+    for key, value in settings.items():
+        out += ["--set", f"{key}={str(value).lower() if isinstance(value, bool) else value}"]
+    return out

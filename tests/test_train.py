@@ -1,0 +1,112 @@
+"""The training loop: exact resume from a checkpoint, and a killed Ray Train worker resuming from its checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, TINY, set_args
+
+from trainables.data import load_dataset
+from trainables.loop import RecordingReporter, fit
+from trainables.trial import TrialSpec
+
+RESUME = {**TINY, "width": 0.125, "epochs": 3, "deterministic": True, "num_threads": 1, "probe_epochs": 10}
+COMPARED = ("train_loss", "knn_top1", "linear_top1", "linear_val_top1", "step", "lr")
+
+
+@pytest.mark.parametrize("method", ["supcon", "ce"])
+def test_resume_from_epoch_checkpoint_equals_uninterrupted_run(method):
+    data = load_dataset("digits")
+    spec = TrialSpec.from_settings(method, RESUME)
+    straight = RecordingReporter()
+    fit(spec, reporter=straight, data=data)
+
+    first = RecordingReporter()
+    fit(spec, reporter=first, data=data, stop_after_epoch=1)
+    assert [m["epoch"] for m in first.metrics] == [1]
+    state = first.state  # the state dict the epoch-1 checkpoint holds
+    second = RecordingReporter()
+    fit(spec, reporter=second, data=data, resume_state=state)
+
+    assert [m["epoch"] for m in second.metrics] == [2, 3]
+    for ours, theirs in zip(first.metrics + second.metrics, straight.metrics):
+        for key in COMPARED:
+            assert ours.get(key) == theirs.get(key), (key, ours.get(key), theirs.get(key))
+    for name, tensor in straight.state["model"].items():
+        assert torch.equal(tensor, second.state["model"][name]), name
+
+
+def test_resume_refuses_a_checkpoint_of_another_configuration():
+    data = load_dataset("digits")
+    spec = TrialSpec.from_settings("supcon", {**RESUME, "epochs": 1})
+    rec = RecordingReporter()
+    fit(spec, reporter=rec, data=data)
+    other = TrialSpec.from_settings("supcon", {**RESUME, "temperature": 0.3})
+    with pytest.raises(ValueError, match="temperature"):
+        fit(other, data=data, resume_state=rec.state)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (walks /proc; no psutil needed)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, stack = [], [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            out.append(child)
+            stack.append(child)
+    return out
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+@pytest.mark.slow
+def test_killed_ray_train_worker_resumes_from_its_checkpoint(tmp_path):
+    """SIGKILL the Train worker after epoch 1; Ray Train restarts it from the epoch-1 checkpoint and the run ends with
+    exactly the metrics of an uninterrupted run."""
+    settings = {**RESUME, "epochs": 3}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "search.cli", "train", "supcon", "--json", "--max-failures", "1",
+         "--storage-path", str(tmp_path), "--name", "killed", *set_args(settings)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    killed = None
+    deadline = time.time() + 300
+    for line in proc.stderr:  # progress lines arrive as the epochs end
+        if line.startswith("epoch 1:") and killed is None:
+            workers = [p for p in _descendants(proc.pid) if "RayTrainWorker" in _cmdline(p)]
+            assert workers, "no Ray Train worker found below the csweep process"
+            for pid in workers:
+                os.kill(pid, signal.SIGKILL)
+            killed = workers
+        if time.time() > deadline:
+            proc.kill()
+            pytest.fail("csweep train did not finish in time")
+    out = proc.stdout.read()
+    assert proc.wait(timeout=120) == 0, out
+    assert killed, "the run ended before the first epoch was reported"
+    final = json.loads(out.strip().splitlines()[-1])
+
+    expected = fit(TrialSpec.from_settings("supcon", settings), data=load_dataset("digits"))
+    for key in ("epoch", "train_loss", "knn_top1", "linear_top1"):
+        assert final[key] == pytest.approx(expected[key], abs=1e-6), key
+    checkpoints = sorted(p.name for p in (tmp_path / "killed").glob("checkpoint_epoch_*"))
+    assert checkpoints[-1] == "checkpoint_epoch_00003"
