@@ -35,6 +35,7 @@ class TrialSpec:
         method_values, train_values = split_overrides(settings, method_cls.Config, TrainConfig)
         method_config = coerce_dataclass(method_cls.Config, method_values)
         train = coerce_dataclass(TrainConfig, {**method_cls.recipe, **train_values})
+        method_cls.validate(method_config, train)
         return cls(method=method, train=train, method_config=method_config)
 
     def flat(self) -> dict[str, Any]:

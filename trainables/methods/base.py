@@ -86,6 +86,12 @@ class Method(ABC):
         self.train = train
         self.data = data
 
+    @classmethod
+    def validate(cls, config: Any, train: TrainConfig) -> None:
+        """Check what depends on both configs (e.g. exit positions vs backbone); raise ConfigError naming the field.
+        Called by ``TrialSpec.from_settings`` before anything runs. Default: nothing to check."""
+        return None
+
     # -- model ---------------------------------------------------------------------------------------------------------
     def build_backbone(self) -> nn.Module:
         """The backbone named in TrainConfig, with the stem that suits the image size."""
