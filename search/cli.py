@@ -81,6 +81,48 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--name", default=None, help="run name; an existing run of that name resumes")
     train.add_argument("--max-failures", type=int, default=0, help="worker failures to recover from a checkpoint")
     train.add_argument("--json", action="store_true", help="print the final metrics as JSON on the last line")
+
+    from search.sweep import EXECUTORS, SAMPLERS, SCHEDULERS
+
+    run = sub.add_parser("run", help="run a sweep: Ray Tune + Optuna over a search space",
+                         description="Sweep a search space (a name from `csweep spaces` or a .py file exposing "
+                                     "space(trial, fixed)) with Ray Tune, OptunaSearch and early stopping.",
+                         epilog=_settings_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("space", help="bundled space name or path to a Python file")
+    _add_data_args(run)
+    _add_resource_args(run)
+    run.add_argument("--trials", type=int, default=20, help="configurations to sample (default 20)")
+    run.add_argument("--repeats", type=int, default=1, help="seeds per sampled configuration (default 1)")
+    run.add_argument("--concurrency", type=int, default=None,
+                     help="trials at once (default: what the cluster holds for one trial's request)")
+    run.add_argument("--workers-per-trial", dest="workers", type=int, default=1, help="DDP workers per trial")
+    run.add_argument("--executor", choices=EXECUTORS, default="auto",
+                     help="train: Ray Train per trial; inline: loop in the Tune actor (1 worker); auto: inline for "
+                          "1-worker trials")
+    run.add_argument("--scheduler", default="asha", help=f"one of {', '.join(SCHEDULERS)} (default asha)")
+    run.add_argument("--grace-period", type=int, default=None, help="ASHA grace period in epochs (default 10%%)")
+    run.add_argument("--reduction-factor", type=float, default=3.0, help="ASHA/HyperBand reduction factor")
+    run.add_argument("--sampler", default="tpe", help=f"one of {', '.join(SAMPLERS)} (default tpe)")
+    run.add_argument("--objective", default="knn_top1:max",
+                     help="metric[:max|min][,metric[:max|min]...]; several = multi-objective (default knn_top1:max)")
+    run.add_argument("--seed", type=int, default=0, help="seed of the sampler and of the trials (default 0)")
+    run.add_argument("--name", default=None, help="sweep name (default SPACE-TIMESTAMP)")
+    run.add_argument("--study-storage", default=None,
+                     help="Optuna storage URL (default sqlite in the experiment directory)")
+    run.add_argument("--max-failures", type=int, default=1, help="Tune retries of a failed trial")
+
+    resume = sub.add_parser("resume", help="continue a sweep whose driver died",
+                            description="Restore a sweep from its storage: finished trials stay, unfinished and "
+                                        "errored ones resume from their checkpoints, the Optuna study continues.")
+    resume.add_argument("name", help="sweep name or experiment path")
+    resume.add_argument("--storage-path", default=None, help="where the sweep lives (default ./results)")
+    resume.add_argument("--address", default=None, help="join this Ray cluster instead of starting a local one")
+
+    status = sub.add_parser("status", help="print the trials table of a running or finished sweep")
+    status.add_argument("name", help="sweep name or experiment path")
+    status.add_argument("--storage-path", default=None, help="where the sweep lives (default ./results)")
+
+    sub.add_parser("spaces", help="list the bundled search spaces with their parameters and ranges")
     return parser
 
 
@@ -164,7 +206,143 @@ def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-COMMANDS = {"train": _cmd_train}
+def _experiment_path(name: str, storage: str | None) -> str:
+    if "/" in name or storage is None and Path(name).is_dir() and (Path(name) / "sweep.json").exists():
+        return name if "://" in name else str(Path(name).resolve())
+    return f"{_storage_path(storage)}/{name}"
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import torch
+
+    from search.cluster import ClusterResources, init_ray
+    from search.sweep import SweepConfig, build_tuner, capacity, parse_objective, validate_sweep, write_sweep_file
+    from spaces import load_space
+
+    space = load_space(args.space)
+    name = args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    cfg = SweepConfig(name=name, space=args.space, storage_path=_storage_path(args.storage_path),
+                      fixed={**space.fixed, **_settings(args)}, trials=args.trials, repeats=args.repeats,
+                      concurrency=args.concurrency, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
+                      gpus_per_worker=args.gpus_per_worker, executor=args.executor, scheduler=args.scheduler,
+                      grace_period=args.grace_period, reduction_factor=args.reduction_factor, sampler=args.sampler,
+                      objective=parse_objective(args.objective), seed=args.seed, study_storage=args.study_storage,
+                      max_failures=args.max_failures)
+    if cfg.is_local_storage and (Path(cfg.experiment_path) / "sweep.json").exists():
+        raise UsageError(f"`name`: a sweep named {name!r} already exists in {cfg.storage_path}; "
+                         f"continue it with `csweep resume {name}` or pick another --name")
+    local = None if args.address else ClusterResources.local(num_gpus=torch.cuda.device_count())
+    if local is not None:
+        local = ClusterResources(({**local.nodes[0], "trial_driver": local.nodes[0]["CPU"]},))
+    validate_sweep(cfg, cluster=local)
+    concurrency = cfg.concurrency or (capacity(cfg, local) if local else None)
+    init_ray(args.address, driver_slots=concurrency)
+    if args.address:
+        from search.cluster import check_feasible
+
+        cluster = ClusterResources.from_ray()
+        check_feasible(cfg.resources, cluster)
+        concurrency = concurrency or max(1, capacity(cfg, cluster))
+    write_sweep_file(cfg)
+    print(f"csweep: sweep {name}: {cfg.trials} x {cfg.repeats} trial(s) of space {cfg.space}, {concurrency} at a "
+          f"time ({cfg.resolved_executor} executor); results in {cfg.experiment_path}", file=sys.stderr)
+    return _fit_and_report(cfg, lambda callbacks: build_tuner(cfg, concurrency=concurrency, callbacks=callbacks))
+
+
+def _fit_and_report(cfg, make_tuner) -> int:
+    from search.progress import ProgressTable
+    from search.sweep import fail_orphaned_study_trials
+
+    table = ProgressTable(fixed_method=cfg.fixed.get("method"))
+    results = make_tuner([table]).fit()
+    orphans = fail_orphaned_study_trials(cfg)
+    _print_leaderboard(cfg, [_result_row(r) for r in results])
+    if orphans:
+        print(f"csweep: marked {orphans} Optuna trial(s) left RUNNING by an earlier crash as FAIL", file=sys.stderr)
+    return 0 if any(r.error is None for r in results) else 1
+
+
+def _result_row(result) -> dict[str, Any]:
+    row = {"trial": Path(result.path).name.split("_")[-3] if result.path else None}
+    row.update({k: v for k, v in (result.config or {}).items() if not k.startswith("__")})
+    row.update(result.metrics or {})
+    row["status"] = "error" if result.error is not None else ("done" if row.get("done") else "stopped")
+    return row
+
+
+def _print_leaderboard(cfg, rows: list[dict[str, Any]]) -> None:
+    from search.progress import format_table, leaderboard_rows
+
+    obj = cfg.objective[0]
+    params = sorted({k for r in rows for k in r if k in _sampled_keys(rows)})
+    ranked = leaderboard_rows(rows, obj.metric, obj.mode)
+    columns = ["method", *[p for p in params if p != "method"], "status", "epoch", "knn_top1", "linear_top1"]
+    if obj.metric not in columns:
+        columns.append(obj.metric)
+    print(f"\nleaderboard ({obj.metric}, {obj.mode}):")
+    print(format_table(ranked, columns))
+
+
+def _sampled_keys(rows: list[dict[str, Any]]) -> set[str]:
+    from search.sweep import known_metrics
+
+    skip = known_metrics() | {"trial", "status", "done", "world_size", "per_worker_batch", "gathered_negatives",
+                              "checkpoint_path", "checkpoint_dir_name", "timestamp", "time_this_iter_s",
+                              "time_total_s", "training_iteration", "trial_id", "date", "hostname", "node_ip",
+                              "pid", "time_since_restore", "iterations_since_restore", "config", "should_checkpoint",
+                              "train_top1"}
+    return {k for r in rows for k in r if k not in skip and not isinstance(r[k], dict)}
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    from search.cluster import init_ray
+    from search.sweep import read_sweep_file, restore_tuner
+
+    cfg = read_sweep_file(_experiment_path(args.name, args.storage_path))
+    init_ray(args.address, driver_slots=cfg.concurrency)
+    print(f"csweep: resuming sweep {cfg.name} from {cfg.experiment_path}", file=sys.stderr)
+    return _fit_and_report(cfg, lambda callbacks: restore_tuner(cfg, callbacks=callbacks))
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from search.progress import format_table
+    from search.sweep import read_sweep_file
+
+    path = _experiment_path(args.name, args.storage_path)
+    cfg = read_sweep_file(path)
+    from ray.tune import ExperimentAnalysis
+
+    try:
+        analysis = ExperimentAnalysis(path)
+    except (ValueError, FileNotFoundError) as e:
+        raise UsageError(f"`name`: no Tune experiment state under {path} yet ({e})") from e
+    rows = []
+    for t in analysis.trials:
+        row = {"trial": t.trial_id, "status": t.status.lower()}
+        row.update({k: v for k, v in t.config.items() if not k.startswith("__")})
+        row.update({k: t.last_result.get(k) for k in ("epoch", "knn_top1", "linear_top1")})
+        rows.append(row)
+    params = sorted(_sampled_keys(rows) - {"method"})
+    print(f"sweep {cfg.name} ({cfg.space}): {len(rows)} of {cfg.trials * cfg.repeats} trial(s)")
+    print(format_table(rows, ["trial", "status", "method", *params, "epoch", "knn_top1", "linear_top1"]))
+    return 0
+
+
+def _cmd_spaces(args: argparse.Namespace) -> int:
+    from spaces import list_spaces, load_space
+    from spaces._describe import describe_space
+
+    for name in list_spaces():
+        space = load_space(name)
+        print(f"{name}: {space.description}")
+        for line in describe_space(space):
+            print(f"  {line}")
+        print()
+    return 0
+
+
+COMMANDS = {"train": _cmd_train, "run": _cmd_run, "resume": _cmd_resume, "status": _cmd_status,
+            "spaces": _cmd_spaces}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

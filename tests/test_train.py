@@ -19,7 +19,7 @@ from trainables.loop import RecordingReporter, fit
 from trainables.trial import TrialSpec
 
 RESUME = {**TINY, "width": 0.125, "epochs": 3, "deterministic": True, "num_threads": 1, "probe_epochs": 10}
-COMPARED = ("train_loss", "knn_top1", "linear_top1", "linear_val_top1", "step", "lr")
+COMPARED = ("train_loss", "knn_top1", "linear_top1", "linear_val_top1", "step", "current_lr")
 
 
 @pytest.mark.parametrize("method", ["supcon", "ce"])

@@ -275,7 +275,7 @@ def fit(
             "step": progress.step,
             "train_loss": distributed.all_reduce_mean(loss_sum / steps_per_epoch).item(),
             **{k: distributed.all_reduce_mean(v / steps_per_epoch).item() for k, v in log_sums.items()},
-            "lr": lr_at(progress.step - 1, train, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+            "current_lr": lr_at(progress.step - 1, train, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
                         peak=peak_lr),
             "epoch_time_s": train_time,
             "images_per_s": steps_per_epoch * train.batch_size / train_time,

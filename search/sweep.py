@@ -1,0 +1,477 @@
+"""Sweeps: a search space + fixed settings + budget -> a Ray Tune ``Tuner`` with OptunaSearch and an early-stopping
+scheduler, persisted so that ``csweep resume`` and ``csweep status`` can find it again.
+
+Each Tune trial runs :func:`trial_driver`, a small function that builds the trial's :class:`TrialSpec` and either
+starts a Ray Train ``TorchTrainer`` (``executor="train"``: one or more DDP workers, reporting to Tune through
+``TuneReportCallback``) or, for single-worker trials, runs the loop in the Tune actor itself (``executor="inline"``:
+no controller, worker group or process group to start, and Tune reuses the actor across trials).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from search.cluster import DRIVER_RESOURCE, ClusterResources, TrialResources, check_feasible
+from trainables.config import ConfigError, TrainConfig, check_choice, check_range, config_fields
+
+__all__ = ["Objective", "SweepConfig", "build_tuner", "known_metrics", "parse_objective", "restore_tuner",
+           "trial_driver", "validate_sweep"]
+
+SWEEP_FILE = "sweep.json"
+SCHEDULERS = ("asha", "hyperband", "fifo")
+SAMPLERS = ("tpe", "random", "cmaes", "gp", "nsga2")
+EXECUTORS = ("auto", "train", "inline")
+#: Metrics every trial reports per epoch; the final epoch adds the probes.
+EPOCH_METRICS = ("epoch", "train_loss", "knn_top1", "best_knn_top1", "epoch_time_s", "eval_time_s",
+                 "images_per_s", "peak_mem_mb", "current_lr", "step")
+FINAL_METRICS = ("linear_top1", "best_linear_top1", "linear_val_top1", "logreg_top1", "ensemble_top1")
+
+
+def known_metrics() -> set[str]:
+    """Every metric name some trial reports: the shared ones plus each registered method's extras."""
+    from trainables.methods import METHODS
+
+    names = set(EPOCH_METRICS) | set(FINAL_METRICS)
+    for cls in METHODS.values():
+        names |= set(getattr(cls, "metrics", ()))
+    return names
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One metric to optimise and its direction."""
+
+    metric: str
+    mode: Literal["max", "min"] = "max"
+
+
+def parse_objective(text: str) -> tuple[Objective, ...]:
+    """``"knn_top1"`` or ``"knn_top1:max,epoch_time_s:min"`` -> Objectives; ConfigError names unknown metrics."""
+    out = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        metric, _, mode = part.partition(":")
+        mode = mode or ("min" if metric.endswith(("_s", "_mb", "loss")) else "max")
+        check_choice("objective mode", mode, ("max", "min"))
+        if metric not in known_metrics():
+            raise ConfigError(f"`objective` metric {metric!r} is not reported by any trial; choose from "
+                              f"{', '.join(sorted(known_metrics()))}")
+        out.append(Objective(metric, mode))  # type: ignore[arg-type]
+    if not out:
+        raise ConfigError(f"`objective` must name at least one metric, but got objective={text!r}")
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """Everything a sweep needs, JSON-serialisable (saved as ``<storage>/<name>/sweep.json``)."""
+
+    name: str
+    space: str
+    storage_path: str
+    fixed: dict[str, Any] = field(default_factory=dict)  # settings every trial shares (--set, --dataset, ...)
+    trials: int = 20  # sampled configurations (Tune runs trials * repeats)
+    repeats: int = 1  # seeds per sampled configuration
+    concurrency: int | None = None  # None: derived from the cluster and one trial's resources
+    workers: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    executor: Literal["auto", "train", "inline"] = "auto"
+    scheduler: Literal["asha", "hyperband", "fifo"] = "asha"
+    grace_period: int | None = None  # None: 10 % of the epochs (contrastive runs rank poorly early)
+    reduction_factor: float = 3.0
+    sampler: Literal["tpe", "random", "cmaes", "gp", "nsga2"] = "tpe"
+    objective: tuple[Objective, ...] = (Objective("knn_top1", "max"),)
+    seed: int = 0
+    study_storage: str | None = None  # Optuna storage URL; None: SQLite file in the experiment directory
+    max_failures: int = 1  # Tune retries of a failed trial (from its last checkpoint)
+
+    def __post_init__(self) -> None:
+        check_range("trials", self.trials, low=1)
+        check_range("repeats", self.repeats, low=1)
+        if self.concurrency is not None:
+            check_range("concurrency", self.concurrency, low=1)
+        check_choice("executor", self.executor, EXECUTORS)
+        check_choice("scheduler", self.scheduler, SCHEDULERS)
+        check_choice("sampler", self.sampler, SAMPLERS)
+        check_range("reduction_factor", self.reduction_factor, low=1.0, low_inclusive=False)
+        if self.grace_period is not None:
+            check_range("grace_period", self.grace_period, low=1)
+        check_range("max_failures", self.max_failures, low=0)
+        if not self.name or "/" in self.name:
+            raise ConfigError(f"`name` must be a non-empty name without '/', but got name={self.name!r}")
+        if self.repeats > 1 and len(self.objective) > 1:
+            raise ConfigError("`repeats` > 1 averages one objective over seeds; it cannot be combined with a "
+                              f"multi-objective `objective` ({len(self.objective)} metrics)")
+        if self.sampler == "cmaes" and len(self.objective) > 1:
+            raise ConfigError("`sampler=cmaes` is single-objective; use nsga2, tpe or random for several objectives")
+
+    # -- derived -------------------------------------------------------------------------------------------------------
+    @property
+    def resources(self) -> TrialResources:
+        return TrialResources(self.workers, self.cpus_per_worker, self.gpus_per_worker)
+
+    @property
+    def resolved_executor(self) -> str:
+        if self.executor != "auto":
+            return self.executor
+        return "inline" if self.workers == 1 else "train"
+
+    @property
+    def experiment_path(self) -> str:
+        return f"{self.storage_path.rstrip('/')}/{self.name}"
+
+    @property
+    def is_local_storage(self) -> bool:
+        return "://" not in self.storage_path or self.storage_path.startswith("file://")
+
+    @property
+    def study_url(self) -> str:
+        if self.study_storage:
+            return self.study_storage
+        if self.is_local_storage:
+            return f"sqlite:///{Path(self.experiment_path.removeprefix('file://'))}/study.db"
+        return f"sqlite:///{Path('results').resolve() / self.name}/study.db"
+
+    @property
+    def epochs(self) -> int:
+        return int(self.fixed.get("epochs", TrainConfig().epochs))
+
+    @property
+    def scheduler_objective(self) -> Objective:
+        """The metric the scheduler stops on: the first objective reported every epoch, else knn_top1."""
+        for o in self.objective:
+            if o.metric in EPOCH_METRICS or o.metric in _per_epoch_extras():
+                return o
+        return Objective("knn_top1", "max")
+
+    # -- persistence ---------------------------------------------------------------------------------------------------
+    def to_json(self) -> str:
+        d = dataclasses.asdict(self)
+        d["objective"] = [dataclasses.asdict(o) for o in self.objective]
+        return json.dumps(d, indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> SweepConfig:
+        d = json.loads(text)
+        d["objective"] = tuple(Objective(**o) for o in d["objective"])
+        return cls(**d)
+
+
+def _per_epoch_extras() -> set[str]:
+    from trainables.methods import METHODS
+
+    return {m for cls in METHODS.values() for m in getattr(cls, "epoch_metrics", ())}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Settings of one trial
+
+
+def trial_settings(fixed: Mapping[str, Any], sampled: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """Merge fixed and sampled settings for one trial; fixed settings that belong only to *other* methods (e.g. a
+    ``temperature`` in a ``compare`` sweep, for the ``ce`` trials) are left out. Returns (method, settings)."""
+    from trainables.methods import METHODS, get_method
+
+    merged = {**{k: v for k, v in sampled.items() if not k.startswith("__")}, **fixed}
+    method = merged.pop("method", None)
+    if method is None:
+        raise ConfigError("`method` is neither sampled by the space nor fixed with --set method=...")
+    own = set(config_fields(TrainConfig)) | set(config_fields(get_method(method).Config))
+    foreign = {f for cls in METHODS.values() for f in config_fields(cls.Config)} - own
+    settings = {k: v for k, v in merged.items() if k not in foreign}
+    if "__trial_index__" in sampled:  # --repeats: the k-th copy of a configuration trains with seed + k
+        settings["seed"] = int(settings.get("seed", 0)) + int(sampled["__trial_index__"])
+    return method, settings
+
+
+def _spec(fixed: Mapping[str, Any], sampled: Mapping[str, Any]):
+    from trainables.trial import TrialSpec
+
+    method, settings = trial_settings(fixed, sampled)
+    return TrialSpec.from_settings(method, settings)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# What a Tune trial runs
+
+
+class TuneReporter:
+    """Reporter for :func:`trainables.loop.fit` running inline in a Tune actor: one ``tune.report`` per epoch."""
+
+    def report(self, metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
+        import torch
+        from ray import tune
+
+        if state is None:
+            tune.report(metrics)
+            return
+        from search.driver import STATE_FILE
+
+        with tempfile.TemporaryDirectory(prefix="csweep-ckpt-") as tmp:
+            torch.save(state, Path(tmp) / STATE_FILE)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+def trial_driver(config: dict[str, Any], sweep: dict[str, Any]) -> None:
+    """The Tune trainable (a module-level function, so Tune can pickle and restore it).
+
+    ``config`` holds the sampled parameters; ``sweep`` the SweepConfig as a dict. The Train run is named from the
+    Tune trial id, so a restored trial finds its own Train checkpoints again.
+    """
+    import torch
+    from ray import tune
+
+    cfg = SweepConfig.from_json(json.dumps(sweep))
+    spec = _spec(cfg.fixed, config)
+    trial_id = tune.get_context().get_trial_id()
+    if cfg.resolved_executor == "inline":
+        from search.driver import read_checkpoint
+        from trainables.loop import fit
+
+        torch.set_num_threads(spec.train.num_threads or max(1, int(cfg.cpus_per_worker)))
+        checkpoint = tune.get_checkpoint()
+        state = None
+        if checkpoint is not None:
+            with checkpoint.as_directory() as path:
+                state = read_checkpoint(path)
+        fit(spec, reporter=TuneReporter(), resume_state=state)
+        return
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from search.driver import build_trainer
+
+    trainer = build_trainer(spec, cfg.resources, name=f"train_{trial_id}",
+                            storage_path=f"{cfg.experiment_path}/train_runs", callbacks=[TuneReportCallback()],
+                            max_failures=0)
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+
+
+def _trainable(cfg: SweepConfig):
+    from ray import tune
+
+    fn = tune.with_parameters(trial_driver, sweep=json.loads(cfg.to_json()))
+    if cfg.resolved_executor == "inline":
+        return tune.with_resources(fn, cfg.resources.worker_bundle)
+    # Train-in-Tune: the driver holds no CPU (its workers do) but one unit of the driver semaphore, so Tune can
+    # never start more drivers than there are worker slots (DESIGN.md: the Train-in-Tune deadlock).
+    return tune.with_resources(fn, {"CPU": 0, DRIVER_RESOURCE: 1})
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Validation and construction
+
+
+def capacity(cfg: SweepConfig, cluster: ClusterResources) -> int:
+    """How many trials the cluster can run at once."""
+    per_trial = cfg.resources
+    slots = []
+    for node in cluster.nodes:
+        fits = [int(node.get(k, 0.0) // v) for k, v in per_trial.worker_bundle.items() if v]
+        slots.append(min(fits) if fits else 0)
+    workers = sum(slots)
+    n = workers // per_trial.workers
+    if cfg.resolved_executor == "train":
+        n = min(n, int(cluster.total(DRIVER_RESOURCE)))
+    return max(0, n)
+
+
+def validate_sweep(cfg: SweepConfig, *, cluster: ClusterResources | None, autoscaling: bool = False,
+                   dry_run_samples: int = 16) -> None:
+    """Check a sweep before anything launches: the space loads and every configuration it produces is a valid
+    trial, the dataset is there, the study storage opens, the cluster can hold one trial. Raises ConfigError."""
+    import optuna
+
+    from search.cli import prepare_trial
+    from spaces import load_space
+
+    space = load_space(cfg.space)
+    fixed = {**space.fixed, **cfg.fixed}
+    cfg = dataclasses.replace(cfg, fixed=fixed)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=cfg.seed))
+    for point in space.points_to_evaluate:
+        study.enqueue_trial(point)
+    checked: set[tuple] = set()
+    for _ in range(dry_run_samples):
+        trial = study.ask()
+        try:
+            returned = space.space(trial, fixed) or {}
+            sampled = {**trial.params, **returned}
+        except Exception as e:  # a user's space with a bug: one line, not a traceback
+            raise ConfigError(f"`space` {cfg.space!r} raised {type(e).__name__}: {e}") from e
+        method, settings = trial_settings(fixed, sampled)
+        key = (method, tuple(sorted(settings)))
+        if key not in checked:  # one dataset / world-size check per distinct structure
+            prepare_trial(method, settings, cfg.resources)
+            checked.add(key)
+        else:
+            _spec(fixed, sampled)
+        study.tell(trial, 0.0)
+    if cfg.study_storage is None and cfg.study_url.startswith("sqlite:///"):
+        Path(cfg.study_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        optuna.storages.RDBStorage(cfg.study_url)
+    except Exception as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"`study_storage` {cfg.study_url!r} cannot be opened: {reason}") from e
+    if cluster is not None:
+        check_feasible(cfg.resources, cluster, autoscaling=autoscaling)
+        if cfg.resolved_executor == "train" and not autoscaling and cluster.total(DRIVER_RESOURCE) < 1:
+            raise ConfigError(f"`resources`: Train-based trials need the custom resource {DRIVER_RESOURCE!r} on the "
+                              f"node that runs trial drivers (see cluster.yaml); the cluster has {cluster.describe()}")
+
+
+def _sampler(cfg: SweepConfig):
+    import optuna
+
+    s = cfg.sampler
+    if s == "tpe":  # constant_liar: concurrent trials do not all pile onto the same promising point
+        return optuna.samplers.TPESampler(seed=cfg.seed, constant_liar=True, multivariate=True)
+    if s == "random":
+        return optuna.samplers.RandomSampler(seed=cfg.seed)
+    if s == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=cfg.seed, warn_independent_sampling=False)
+    if s == "gp":
+        return optuna.samplers.GPSampler(seed=cfg.seed)
+    return optuna.samplers.NSGAIISampler(seed=cfg.seed)
+
+
+def _scheduler(cfg: SweepConfig):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler
+
+    obj = cfg.scheduler_objective
+    epochs = cfg.epochs
+    if cfg.scheduler == "fifo":
+        return FIFOScheduler()
+    if cfg.scheduler == "hyperband":
+        return HyperBandScheduler(time_attr="epoch", metric=obj.metric, mode=obj.mode, max_t=epochs,
+                                  reduction_factor=cfg.reduction_factor)
+    grace = cfg.grace_period or max(1, math.ceil(0.1 * epochs))
+    # time_attr="epoch": reported by the workers, so it stays right after a trial is retried from a checkpoint
+    return ASHAScheduler(time_attr="epoch", metric=obj.metric, mode=obj.mode, max_t=epochs,
+                         grace_period=min(grace, epochs), reduction_factor=cfg.reduction_factor)
+
+
+def _searcher(cfg: SweepConfig, space):
+    import functools
+
+    import optuna
+    from ray.tune.search import Repeater
+    from ray.tune.search.optuna import OptunaSearch
+
+    class _Search(OptunaSearch):
+        """OptunaSearch that ignores intermediate results lacking the objective (final-only probes)."""
+
+        def on_trial_result(self, trial_id: str, result: dict) -> None:
+            if isinstance(self.metric, str) and self.metric in result:
+                super().on_trial_result(trial_id, result)
+
+    metrics = [o.metric for o in cfg.objective]
+    modes = [o.mode for o in cfg.objective]
+    searcher = _Search(
+        space=functools.partial(space.space, fixed=dict(cfg.fixed)),
+        metric=metrics[0] if len(metrics) == 1 else metrics,
+        mode=modes[0] if len(modes) == 1 else modes,
+        points_to_evaluate=[p for p in space.points_to_evaluate if _point_valid(p, cfg)] or None,
+        sampler=_sampler(cfg),
+        study_name=cfg.name,
+        storage=optuna.storages.RDBStorage(cfg.study_url),
+    )
+    if cfg.repeats > 1:
+        return Repeater(searcher, repeat=cfg.repeats, set_index=True)
+    return searcher
+
+
+def _point_valid(point: Mapping[str, Any], cfg: SweepConfig) -> bool:
+    """A recipe point is enqueued only if it leaves the user's fixed settings alone and still validates."""
+    point = {k: v for k, v in point.items() if k not in cfg.fixed}
+    try:
+        _spec(cfg.fixed, {**point, **({} if "method" in point else {"method": cfg.fixed.get("method")})})
+    except (ConfigError, ValueError):
+        return "method" not in point and "method" not in cfg.fixed  # checked per trial by the space itself
+    return True
+
+
+def _tune_run_config(cfg: SweepConfig, callbacks: list):
+    from ray import tune
+
+    return tune.RunConfig(name=cfg.name, storage_path=cfg.storage_path,
+                          failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
+                          checkpoint_config=tune.CheckpointConfig(num_to_keep=2), callbacks=callbacks, verbose=0)
+
+
+def write_sweep_file(cfg: SweepConfig) -> None:
+    """Save the SweepConfig beside Tune's experiment state (any storage pyarrow understands)."""
+    import pyarrow.fs
+
+    fs, path = pyarrow.fs.FileSystem.from_uri(cfg.experiment_path if not cfg.is_local_storage
+                                              else str(Path(cfg.experiment_path.removeprefix("file://")).resolve()))
+    fs.create_dir(path, recursive=True)
+    with fs.open_output_stream(f"{path}/{SWEEP_FILE}") as f:
+        f.write(cfg.to_json().encode())
+
+
+def read_sweep_file(experiment_path: str) -> SweepConfig:
+    import pyarrow.fs
+
+    uri = experiment_path if "://" in experiment_path else str(Path(experiment_path).resolve())
+    fs, path = pyarrow.fs.FileSystem.from_uri(uri)
+    try:
+        with fs.open_input_stream(f"{path}/{SWEEP_FILE}") as f:
+            return SweepConfig.from_json(f.read().decode())
+    except (FileNotFoundError, OSError) as e:
+        raise ConfigError(f"`name`: no sweep at {experiment_path} (missing {SWEEP_FILE})") from e
+
+
+def build_tuner(cfg: SweepConfig, *, concurrency: int, callbacks: list | None = None):
+    """The Tuner for a validated sweep (Ray must be initialised)."""
+    from ray import tune
+
+    from spaces import load_space
+
+    space = load_space(cfg.space)
+    return tune.Tuner(
+        _trainable(cfg),
+        tune_config=tune.TuneConfig(search_alg=_searcher(cfg, space), scheduler=_scheduler(cfg),
+                                    num_samples=cfg.trials * cfg.repeats, max_concurrent_trials=concurrency,
+                                    reuse_actors=cfg.resolved_executor == "inline"),
+        run_config=_tune_run_config(cfg, callbacks or []),
+    )
+
+
+def restore_tuner(cfg: SweepConfig, *, callbacks: list | None = None):
+    """Tuner.restore for a sweep whose driver died: unfinished and errored trials resume from their checkpoints."""
+    from ray import tune
+
+    return tune.Tuner.restore(cfg.experiment_path, trainable=_trainable(cfg), resume_unfinished=True,
+                              resume_errored=True, restart_errored=False)
+
+
+def fail_orphaned_study_trials(cfg: SweepConfig) -> int:
+    """Mark Optuna trials still RUNNING as FAIL (ask/tell trials get no heartbeat), with the user attribute
+    ``csweep_orphaned``. Called after a resumed sweep ends: by then every trial the restored searcher knew has been
+    told, so what is left RUNNING was asked by the crashed driver after its last experiment snapshot. Returns how many.
+    """
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=cfg.name, storage=cfg.study_url)
+    except KeyError:
+        return 0
+    n = 0
+    storage = study._storage
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        storage.set_trial_user_attr(t._trial_id, "csweep_orphaned", True)
+        storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+        n += 1
+    return n
+

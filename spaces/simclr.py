@@ -1,0 +1,28 @@
+"""SimCLR: temperature, learning rate, weight decay, warm-up and projection size."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from spaces._util import Params
+
+METHOD = "simclr"
+DESCRIPTION = "SimCLR: temperature, lr, weight decay, warm-up, projection dim"
+#: The SupContrast README's SimCLR recipe: bs 1024, lr 0.5, tau 0.5, cosine.
+POINTS_TO_EVALUATE = [{"temperature": 0.5, "lr": 0.5, "weight_decay": 1e-4, "warmup_epochs": 0, "feat_dim": 128}]
+
+
+def params(trial: Any, fixed: Mapping[str, Any]) -> dict[str, Any]:
+    p = Params(trial, fixed)
+    p.float("temperature", 0.05, 1.0, log=True)
+    p.float("lr", 0.01, 1.0, log=True)
+    p.float("weight_decay", 1e-5, 1e-3, log=True)
+    p.warmup()
+    p.choice("feat_dim", [64, 128, 256])
+    return {}
+
+
+def space(trial: Any, fixed: Mapping[str, Any]) -> dict[str, Any]:
+    params(trial, fixed)
+    return {"method": METHOD}
