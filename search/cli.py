@@ -257,6 +257,8 @@ def _fit_and_report(cfg, make_tuner) -> int:
     results = make_tuner([table]).fit()
     orphans = fail_orphaned_study_trials(cfg)
     _print_leaderboard(cfg, [_result_row(r) for r in results])
+    if len(cfg.objective) > 1:
+        _print_pareto(cfg)
     if orphans:
         print(f"csweep: marked {orphans} Optuna trial(s) left RUNNING by an earlier crash as FAIL", file=sys.stderr)
     return 0 if any(r.error is None for r in results) else 1
@@ -281,6 +283,20 @@ def _print_leaderboard(cfg, rows: list[dict[str, Any]]) -> None:
         columns.append(obj.metric)
     print(f"\nleaderboard ({obj.metric}, {obj.mode}):")
     print(format_table(ranked, columns))
+
+
+def _print_pareto(cfg) -> None:
+    """The Optuna study's Pareto front of a multi-objective sweep."""
+    import optuna
+
+    from search.progress import format_table
+
+    study = optuna.load_study(study_name=cfg.name, storage=cfg.study_url)
+    names = [o.metric for o in cfg.objective]
+    rows = [{"optuna_trial": t.number, **t.params, **dict(zip(names, t.values))} for t in study.best_trials]
+    params = sorted({k for t in study.best_trials for k in t.params})
+    print(f"\nPareto front ({', '.join(f'{o.metric}:{o.mode}' for o in cfg.objective)}): {len(rows)} trial(s)")
+    print(format_table(rows, ["optuna_trial", *params, *names]))
 
 
 def _sampled_keys(rows: list[dict[str, Any]]) -> set[str]:

@@ -1,0 +1,168 @@
+"""Sweeps end to end on a local Ray: quickstart, conditional spaces, multi-objective, bad input, kill and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import ROOT, run_cli
+
+from search.cli import main
+from spaces import load_space
+
+QUICK = ["--set", "epochs=4", "--set", "probe_epochs=10", "--set", "width=0.125"]
+
+
+def _study(path: Path, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{path / name / 'study.db'}")
+
+
+def _tune_trials(exp: Path) -> list[dict]:
+    """Each Tune trial's params and reported results, read from its directory."""
+    out = []
+    for d in sorted(p for p in exp.iterdir() if p.is_dir() and p.name.startswith("trial_driver_")):
+        results = [json.loads(line) for line in (d / "result.json").read_text().splitlines() if line.strip()]
+        out.append({"dir": d, "config": json.loads((d / "params.json").read_text()), "results": results})
+    return out
+
+
+def test_compare_space_samples_conditional_parameters_only_for_their_method():
+    space = load_space("compare")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(60):
+        trial = study.ask()
+        space.space(trial, {})
+        method = trial.params["method"]
+        seen.add(method)
+        assert ("temperature" in trial.params) == (method in ("supcon", "simclr", "selfcon")), trial.params
+        assert ("label_smoothing" in trial.params) == (method == "ce"), trial.params
+        study.tell(trial, 0.0)
+    assert {"supcon", "simclr", "ce"} <= seen
+
+
+def test_fixed_settings_are_not_sampled():
+    space = load_space("supcon")
+    study = optuna.create_study()
+    trial = study.ask()
+    space.space(trial, {"lr": 0.1, "epochs": 4})
+    assert "lr" not in trial.params and trial.params["warmup_epochs"] <= 2
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["nope"], "`space` must be one of"),
+        (["supcon", "--sampler", "annealing"], "`sampler` must be one of tpe, random, cmaes, gp, nsga2"),
+        (["supcon", "--scheduler", "pbt"], "`scheduler` must be one of asha, hyperband, fifo"),
+        (["supcon", "--set", "tau=1"], "unknown setting `tau`"),
+        (["supcon", "--objective", "accuracy"], "`objective` metric 'accuracy' is not reported"),
+        (["supcon", "--study-storage", "notadb://x"], "`study_storage`"),
+        (["supcon", "--trials", "0"], "`1 <= trials`"),
+        (["supcon", "--gpus-per-worker", "2"], "no node has that much"),
+        (["supcon", "--workers-per-trial", "3", "--set", "batch_size=128"], "multiple of the number of workers"),
+        (["supcon", "--repeats", "2", "--objective", "knn_top1,epoch_time_s"], "`repeats`"),
+    ],
+)
+def test_bad_sweep_input_is_one_line_exit_2_without_ray(args, fragment, capsys, tmp_path):
+    import ray
+
+    assert main(["run", *args, "--storage-path", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert fragment in err and len(err.splitlines()) == 1, err
+    assert not ray.is_initialized()
+    assert not list(tmp_path.glob("*/sweep.json"))
+
+
+@pytest.mark.slow
+def test_quickstart_sweep_matches_study_stops_early_and_logs_tensorboard(tmp_path):
+    proc = run_cli("run", "quickstart", "--trials", "6", "--grace-period", "1", "--name", "qs",
+                   "--storage-path", str(tmp_path), *QUICK)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "leaderboard (knn_top1, max)" in proc.stdout
+    trials = _tune_trials(tmp_path / "qs")
+    assert len(trials) == 6
+    study = _study(tmp_path, "qs")
+    assert len(study.trials) == 6
+    tune_params = sorted(json.dumps({k: t["config"][k] for k in ("method", "lr") if k in t["config"]},
+                                    sort_keys=True) for t in trials)
+    study_params = sorted(json.dumps({k: t.params[k] for k in ("method", "lr")}, sort_keys=True)
+                          for t in study.trials)
+    assert tune_params == study_params
+    last_epochs = [t["results"][-1]["epoch"] for t in trials]
+    assert min(last_epochs) < 4, f"ASHA stopped no trial early: {last_epochs}"
+    assert max(last_epochs) == 4
+    finished = [t for t in trials if t["results"][-1]["epoch"] == 4]
+    assert all(0 <= t["results"][-1]["linear_top1"] <= 1 for t in finished)
+    assert all(list(t["dir"].glob("events.out.tfevents*")) for t in trials), "TensorBoard files missing"
+    status = run_cli("status", "qs", "--storage-path", str(tmp_path))
+    assert status.returncode == 0 and status.stdout.count("\n") >= 7, status.stderr
+
+
+@pytest.mark.slow
+def test_multi_objective_sweep_reports_pareto_front(tmp_path):
+    proc = run_cli("run", "supcon", "--trials", "3", "--scheduler", "fifo", "--sampler", "nsga2", "--name", "mo",
+                   "--objective", "knn_top1:max,epoch_time_s:min", "--storage-path", str(tmp_path),
+                   "--set", "epochs=2", "--set", "probe_epochs=5", "--set", "width=0.125", "--set", "batch_size=128")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    study = _study(tmp_path, "mo")
+    assert len(study.directions) == 2 and len(study.trials) == 3
+    assert study.best_trials
+    assert "Pareto front (knn_top1:max, epoch_time_s:min)" in proc.stdout
+
+
+def _descendants(pid: int) -> list[int]:
+    from test_train import _descendants as walk
+
+    return walk(pid)
+
+
+@pytest.mark.slow
+def test_sigkilled_driver_resumes_to_exactly_n_trials(tmp_path):
+    args = [sys.executable, "-m", "search.cli", "run", "quickstart", "--trials", "5", "--concurrency", "1",
+            "--scheduler", "fifo", "--name", "killme", "--storage-path", str(tmp_path), *QUICK]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True, env=os.environ.copy())
+    db = tmp_path / "killme" / "study.db"
+    deadline = time.time() + 300
+    done_before: list[str] = []
+    while time.time() < deadline:
+        time.sleep(1.0)
+        if db.exists():
+            try:
+                done = [t for t in _study(tmp_path, "killme").trials if t.state == optuna.trial.TrialState.COMPLETE]
+            except Exception:
+                continue
+            if len(done) >= 2:
+                break
+        assert proc.poll() is None, "the sweep ended before it could be killed"
+    else:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("two trials did not complete in time")
+    trials_before = {t["dir"].name: len(t["results"]) for t in _tune_trials(tmp_path / "killme")
+                     if t["results"] and t["results"][-1].get("done")}
+    done_before = list(trials_before)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and every Ray process it started
+    proc.wait(timeout=30)
+    time.sleep(2)
+    assert done_before
+
+    resumed = run_cli("resume", "killme", "--storage-path", str(tmp_path))
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    trials = _tune_trials(tmp_path / "killme")
+    assert len(trials) == 5
+    assert all(t["results"] and t["results"][-1].get("done") for t in trials)
+    for t in trials:  # finished trials were not rerun: no result was appended to them
+        if t["dir"].name in trials_before:
+            assert len(t["results"]) == trials_before[t["dir"].name], t["dir"].name
+    study = _study(tmp_path, "killme")
+    counted = [t for t in study.trials if not t.user_attrs.get("csweep_orphaned")]
+    assert len(counted) == 5
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in counted)
