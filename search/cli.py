@@ -38,8 +38,11 @@ def _settings_help() -> str:
     from trainables.data import DATASETS
     from trainables.methods import METHODS
 
-    parts = [f"methods: {', '.join(sorted(METHODS))}", f"datasets: {', '.join(DATASETS)}",
-             _fields_help("shared settings (--set key=value)", TrainConfig)]
+    parts = [
+        f"methods: {', '.join(sorted(METHODS))}",
+        f"datasets: {', '.join(DATASETS)}",
+        _fields_help("shared settings (--set key=value)", TrainConfig),
+    ]
     for name, cls in sorted(METHODS.items()):
         recipe = ", ".join(f"{k}={v!r}" for k, v in cls.recipe.items())
         parts.append(_fields_help(f"{name} settings (recipe: {recipe})", cls.Config))
@@ -51,8 +54,11 @@ def _add_resource_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs each worker holds (torch threads)")
     p.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs each worker holds (0 = CPU, gloo)")
     p.add_argument("--address", default=None, help="join this Ray cluster instead of starting a local one")
-    p.add_argument("--storage-path", default=None,
-                   help="where results and checkpoints go: a local path, NFS or s3:// (default ./results)")
+    p.add_argument(
+        "--storage-path",
+        default=None,
+        help="where results and checkpoints go: a local path, NFS or s3:// (default ./results)",
+    )
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -60,21 +66,34 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None, help="root of the on-disk dataset")
     p.add_argument("--download", action="store_true", help="download CIFAR/STL-10 if missing (never by default)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="any setting below; values are YAML/JSON literals (temperature=0.1, mean=[0.5,0.5,0.5])")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any setting below; values are YAML/JSON literals (temperature=0.1, mean=[0.5,0.5,0.5])",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="csweep", description="Distributed hyperparameter sweeps of contrastive learning on Ray.",
-        epilog=_settings_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+        prog="csweep",
+        description="Distributed hyperparameter sweeps of contrastive learning on Ray.",
+        epilog=_settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     from trainables.methods import METHODS
 
-    train = sub.add_parser("train", help="train one method as a Ray Train run",
-                           description="Train one method (one trial) with Ray Train on a local Ray or --address.",
-                           epilog=_settings_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    train = sub.add_parser(
+        "train",
+        help="train one method as a Ray Train run",
+        description="Train one method (one trial) with Ray Train on a local Ray or --address.",
+        epilog=_settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     train.add_argument("method", help=f"one of {', '.join(sorted(METHODS))}")
     _add_data_args(train)
     _add_resource_args(train)
@@ -84,36 +103,54 @@ def build_parser() -> argparse.ArgumentParser:
 
     from search.sweep import EXECUTORS, SAMPLERS, SCHEDULERS
 
-    run = sub.add_parser("run", help="run a sweep: Ray Tune + Optuna over a search space",
-                         description="Sweep a search space (a name from `csweep spaces` or a .py file exposing "
-                                     "space(trial, fixed)) with Ray Tune, OptunaSearch and early stopping.",
-                         epilog=_settings_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    run = sub.add_parser(
+        "run",
+        help="run a sweep: Ray Tune + Optuna over a search space",
+        description="Sweep a search space (a name from `csweep spaces` or a .py file exposing "
+        "space(trial, fixed)) with Ray Tune, OptunaSearch and early stopping.",
+        epilog=_settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     run.add_argument("space", help="bundled space name or path to a Python file")
     _add_data_args(run)
     _add_resource_args(run)
     run.add_argument("--trials", type=int, default=20, help="configurations to sample (default 20)")
     run.add_argument("--repeats", type=int, default=1, help="seeds per sampled configuration (default 1)")
-    run.add_argument("--concurrency", type=int, default=None,
-                     help="trials at once (default: what the cluster holds for one trial's request)")
+    run.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="trials at once (default: what the cluster holds for one trial's request)",
+    )
     run.add_argument("--workers-per-trial", dest="workers", type=int, default=1, help="DDP workers per trial")
-    run.add_argument("--executor", choices=EXECUTORS, default="auto",
-                     help="train: Ray Train per trial; inline: loop in the Tune actor (1 worker); auto: inline for "
-                          "1-worker trials")
+    run.add_argument(
+        "--executor",
+        choices=EXECUTORS,
+        default="auto",
+        help="train: Ray Train per trial; inline: loop in the Tune actor (1 worker); auto: inline for 1-worker trials",
+    )
     run.add_argument("--scheduler", default="asha", help=f"one of {', '.join(SCHEDULERS)} (default asha)")
     run.add_argument("--grace-period", type=int, default=None, help="ASHA grace period in epochs (default 10%%)")
     run.add_argument("--reduction-factor", type=float, default=3.0, help="ASHA/HyperBand reduction factor")
     run.add_argument("--sampler", default="tpe", help=f"one of {', '.join(SAMPLERS)} (default tpe)")
-    run.add_argument("--objective", default="knn_top1:max",
-                     help="metric[:max|min][,metric[:max|min]...]; several = multi-objective (default knn_top1:max)")
+    run.add_argument(
+        "--objective",
+        default="knn_top1:max",
+        help="metric[:max|min][,metric[:max|min]...]; several = multi-objective (default knn_top1:max)",
+    )
     run.add_argument("--seed", type=int, default=0, help="seed of the sampler and of the trials (default 0)")
     run.add_argument("--name", default=None, help="sweep name (default SPACE-TIMESTAMP)")
-    run.add_argument("--study-storage", default=None,
-                     help="Optuna storage URL (default sqlite in the experiment directory)")
+    run.add_argument(
+        "--study-storage", default=None, help="Optuna storage URL (default sqlite in the experiment directory)"
+    )
     run.add_argument("--max-failures", type=int, default=1, help="Tune retries of a failed trial")
 
-    resume = sub.add_parser("resume", help="continue a sweep whose driver died",
-                            description="Restore a sweep from its storage: finished trials stay, unfinished and "
-                                        "errored ones resume from their checkpoints, the Optuna study continues.")
+    resume = sub.add_parser(
+        "resume",
+        help="continue a sweep whose driver died",
+        description="Restore a sweep from its storage: finished trials stay, unfinished and "
+        "errored ones resume from their checkpoints, the Optuna study continues.",
+    )
     resume.add_argument("name", help="sweep name or experiment path")
     resume.add_argument("--storage-path", default=None, help="where the sweep lives (default ./results)")
     resume.add_argument("--address", default=None, help="join this Ray cluster instead of starting a local one")
@@ -178,18 +215,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
         check_feasible(resources, ClusterResources.from_ray())
     name = args.name or f"train-{spec.method}-{spec.train.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage = _storage_path(args.storage_path)
-    print(f"csweep: training {spec.method} on {spec.train.dataset} for {spec.train.epochs} epoch(s) with "
-          f"{resources.workers} worker(s); results in {storage}/{name}", file=sys.stderr)
+    print(
+        f"csweep: training {spec.method} on {spec.train.dataset} for {spec.train.epochs} epoch(s) with "
+        f"{resources.workers} worker(s); results in {storage}/{name}",
+        file=sys.stderr,
+    )
     result = fit_with_progress(
-        lambda callbacks: build_trainer(spec, resources, name=name, storage_path=storage,
-                                        max_failures=args.max_failures, callbacks=callbacks),
-        printer=lambda line: print(line, file=sys.stderr, flush=True))
+        lambda callbacks: build_trainer(
+            spec, resources, name=name, storage_path=storage, max_failures=args.max_failures, callbacks=callbacks
+        ),
+        printer=lambda line: print(line, file=sys.stderr, flush=True),
+    )
     if result.error is not None:
         print(f"csweep: training failed: {result.error}", file=sys.stderr)
         return 1
     metrics = {k: v for k, v in (result.metrics or {}).items() if _jsonable(v)}
-    metrics.update(name=name, path=f"{storage}/{name}",
-                   checkpoint=result.checkpoint.path if result.checkpoint else None)
+    metrics.update(
+        name=name, path=f"{storage}/{name}", checkpoint=result.checkpoint.path if result.checkpoint else None
+    )
     if args.json:
         print(json.dumps(metrics, sort_keys=True))
     else:
@@ -221,16 +264,32 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     space = load_space(args.space)
     name = args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    cfg = SweepConfig(name=name, space=args.space, storage_path=_storage_path(args.storage_path),
-                      fixed={**space.fixed, **_settings(args)}, trials=args.trials, repeats=args.repeats,
-                      concurrency=args.concurrency, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
-                      gpus_per_worker=args.gpus_per_worker, executor=args.executor, scheduler=args.scheduler,
-                      grace_period=args.grace_period, reduction_factor=args.reduction_factor, sampler=args.sampler,
-                      objective=parse_objective(args.objective), seed=args.seed, study_storage=args.study_storage,
-                      max_failures=args.max_failures)
+    cfg = SweepConfig(
+        name=name,
+        space=args.space,
+        storage_path=_storage_path(args.storage_path),
+        fixed={**space.fixed, **_settings(args)},
+        trials=args.trials,
+        repeats=args.repeats,
+        concurrency=args.concurrency,
+        workers=args.workers,
+        cpus_per_worker=args.cpus_per_worker,
+        gpus_per_worker=args.gpus_per_worker,
+        executor=args.executor,
+        scheduler=args.scheduler,
+        grace_period=args.grace_period,
+        reduction_factor=args.reduction_factor,
+        sampler=args.sampler,
+        objective=parse_objective(args.objective),
+        seed=args.seed,
+        study_storage=args.study_storage,
+        max_failures=args.max_failures,
+    )
     if cfg.is_local_storage and (Path(cfg.experiment_path) / "sweep.json").exists():
-        raise UsageError(f"`name`: a sweep named {name!r} already exists in {cfg.storage_path}; "
-                         f"continue it with `csweep resume {name}` or pick another --name")
+        raise UsageError(
+            f"`name`: a sweep named {name!r} already exists in {cfg.storage_path}; "
+            f"continue it with `csweep resume {name}` or pick another --name"
+        )
     local = None if args.address else ClusterResources.local(num_gpus=torch.cuda.device_count())
     if local is not None:
         local = ClusterResources(({**local.nodes[0], "trial_driver": local.nodes[0]["CPU"]},))
@@ -244,8 +303,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         check_feasible(cfg.resources, cluster)
         concurrency = concurrency or max(1, capacity(cfg, cluster))
     write_sweep_file(cfg)
-    print(f"csweep: sweep {name}: {cfg.trials} x {cfg.repeats} trial(s) of space {cfg.space}, {concurrency} at a "
-          f"time ({cfg.resolved_executor} executor); results in {cfg.experiment_path}", file=sys.stderr)
+    print(
+        f"csweep: sweep {name}: {cfg.trials} x {cfg.repeats} trial(s) of space {cfg.space}, {concurrency} at a "
+        f"time ({cfg.resolved_executor} executor); results in {cfg.experiment_path}",
+        file=sys.stderr,
+    )
     return _fit_and_report(cfg, lambda callbacks: build_tuner(cfg, concurrency=concurrency, callbacks=callbacks))
 
 
@@ -268,7 +330,7 @@ def _result_row(result) -> dict[str, Any]:
     row = {"trial": Path(result.path).name.split("_")[-3] if result.path else None}
     row.update({k: v for k, v in (result.config or {}).items() if not k.startswith("__")})
     row.update(result.metrics or {})
-    row["status"] = "error" if result.error is not None else ("done" if row.get("done") else "stopped")
+    row["status"] = "error" if result.error is not None else ("done" if row.get("finished") else "stopped")
     return row
 
 
@@ -302,11 +364,32 @@ def _print_pareto(cfg) -> None:
 def _sampled_keys(rows: list[dict[str, Any]]) -> set[str]:
     from search.sweep import known_metrics
 
-    skip = known_metrics() | {"trial", "status", "done", "world_size", "per_worker_batch", "gathered_negatives",
-                              "checkpoint_path", "checkpoint_dir_name", "timestamp", "time_this_iter_s",
-                              "time_total_s", "training_iteration", "trial_id", "date", "hostname", "node_ip",
-                              "pid", "time_since_restore", "iterations_since_restore", "config", "should_checkpoint",
-                              "train_top1"}
+    skip = known_metrics() | {
+        "trial",
+        "status",
+        "done",
+        "finished",
+        "experiment_tag",
+        "world_size",
+        "per_worker_batch",
+        "gathered_negatives",
+        "checkpoint_path",
+        "checkpoint_dir_name",
+        "timestamp",
+        "time_this_iter_s",
+        "time_total_s",
+        "training_iteration",
+        "trial_id",
+        "date",
+        "hostname",
+        "node_ip",
+        "pid",
+        "time_since_restore",
+        "iterations_since_restore",
+        "config",
+        "should_checkpoint",
+        "train_top1",
+    }
     return {k for r in rows for k in r if k not in skip and not isinstance(r[k], dict)}
 
 
@@ -333,8 +416,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as e:
         raise UsageError(f"`name`: no Tune experiment state under {path} yet ({e})") from e
     rows = []
+    from search.progress import STATUS, finished_status
+
     for t in analysis.trials:
-        row = {"trial": t.trial_id, "status": t.status.lower()}
+        status = finished_status(t.last_result) if t.status == "TERMINATED" else STATUS.get(t.status, t.status)
+        row = {"trial": t.trial_id, "status": status}
         row.update({k: v for k, v in t.config.items() if not k.startswith("__")})
         row.update({k: t.last_result.get(k) for k in ("epoch", "knn_top1", "linear_top1")})
         rows.append(row)
@@ -357,8 +443,7 @@ def _cmd_spaces(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": _cmd_train, "run": _cmd_run, "resume": _cmd_resume, "status": _cmd_status,
-            "spaces": _cmd_spaces}
+COMMANDS = {"train": _cmd_train, "run": _cmd_run, "resume": _cmd_resume, "status": _cmd_status, "spaces": _cmd_spaces}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

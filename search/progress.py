@@ -13,7 +13,7 @@ from typing import Any, TextIO
 
 from ray.tune import Callback
 
-__all__ = ["ProgressTable", "format_table", "leaderboard_rows"]
+__all__ = ["ProgressTable", "finished_status", "format_table", "leaderboard_rows"]
 
 STATUS = {"PENDING": "pending", "RUNNING": "running", "TERMINATED": "done", "ERROR": "error", "PAUSED": "paused"}
 HIDDEN = {"dataset", "data_dir", "seed"}
@@ -36,8 +36,14 @@ def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> s
     return "\n".join(lines)
 
 
-def trial_row(trial_id: str, config: Mapping[str, Any], result: Mapping[str, Any] | None, status: str,
-              params: Iterable[str]) -> dict[str, Any]:
+def finished_status(result: Mapping[str, Any] | None) -> str:
+    """``done`` when the trial ran to its last epoch (final probes reported), else ``stopped`` (early stopping)."""
+    return "done" if (result or {}).get("finished") else "stopped"
+
+
+def trial_row(
+    trial_id: str, config: Mapping[str, Any], result: Mapping[str, Any] | None, status: str, params: Iterable[str]
+) -> dict[str, Any]:
     result = result or {}
     row = {"trial": trial_id, "status": STATUS.get(status, status.lower()), "method": config.get("method")}
     for p in params:
@@ -60,22 +66,25 @@ class ProgressTable(Callback):
         self._last = 0.0
         self._drawn_lines = 0
 
-    def _update(self, trial, result: Mapping[str, Any] | None = None, *, force: bool = False) -> None:
+    def _update(
+        self, trial, result: Mapping[str, Any] | None = None, *, force: bool = False, status: str | None = None
+    ) -> None:
         config = {"method": self.fixed_method, **{k: v for k, v in trial.config.items() if not k.startswith("__")}}
         for k in config:
             if k not in self._params and k != "method" and k not in HIDDEN:
                 self._params.append(k)
         previous = self._rows.get(trial.trial_id, {})
         merged = result if result is not None else {k: previous.get(k) for k in ("epoch", "knn_top1", "linear_top1")}
-        self._rows[trial.trial_id] = trial_row(trial.trial_id, config, merged, trial.status, self._params)
+        self._rows[trial.trial_id] = trial_row(trial.trial_id, config, merged, status or trial.status, self._params)
         now = time.monotonic()
         if force or now - self._last >= self.interval_s:
             self._draw()
             self._last = now
 
     def _draw(self) -> None:
-        text = format_table(list(self._rows.values()), ["trial", "status", "method", *self._params, "epoch",
-                                                        "knn_top1", "linear_top1"])
+        text = format_table(
+            list(self._rows.values()), ["trial", "status", "method", *self._params, "epoch", "knn_top1", "linear_top1"]
+        )
         if self.tty and self._drawn_lines:
             self.stream.write(f"\x1b[{self._drawn_lines}F\x1b[J")  # move up and clear: redraw in place
         self.stream.write(text + "\n")
@@ -89,14 +98,18 @@ class ProgressTable(Callback):
         self._update(trial, result)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._update(trial, trial.last_result, force=True)
+        # called before Tune marks the trial TERMINATED: say whether it ran to the end or was stopped early
+        self._update(trial, trial.last_result, force=True, status=finished_status(trial.last_result))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._update(trial, trial.last_result, force=True)
+        self._update(trial, trial.last_result, force=True, status="error")
 
     def on_experiment_end(self, trials, **info):
         for t in trials:
-            self._update(t, t.last_result)
+            status = (
+                "error" if t.status == "ERROR" else finished_status(t.last_result) if t.status == "TERMINATED" else None
+            )
+            self._update(t, t.last_result, status=status)
         self._draw()
 
 

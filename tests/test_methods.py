@@ -86,6 +86,6 @@ def test_short_digits_run_beats_untrained_encoder(name, digits):
     spec = TrialSpec.from_settings(name, settings)
     untrained = evaluate_untrained(spec, data=digits)
     trained = fit(spec, data=digits)
-    assert trained["done"] and trained["epoch"] == 10
+    assert trained["finished"] and trained["epoch"] == 10
     assert trained["linear_top1"] > untrained["linear_top1"], (trained, untrained)
     assert 0.0 <= trained["knn_top1"] <= 1.0

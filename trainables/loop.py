@@ -291,7 +291,7 @@ def fit(
             if key in metrics:
                 progress.best[key] = max(progress.best.get(key, 0.0), metrics[key])
                 metrics[f"best_{key}"] = progress.best[key]
-        metrics["done"] = final
+        metrics["finished"] = final  # this report holds the final probes ("done" is reserved by Tune)
         state = _state(spec, model, optimizer, scaler, method, progress) if rank == 0 else None
         if reporter is not None:
             reporter.report(metrics, state)
