@@ -147,7 +147,7 @@ def test_sigkilled_driver_resumes_to_exactly_n_trials(tmp_path):
         os.killpg(proc.pid, signal.SIGKILL)
         pytest.fail("two trials did not complete in time")
     trials_before = {t["dir"].name: len(t["results"]) for t in _tune_trials(tmp_path / "killme")
-                     if t["results"] and t["results"][-1].get("done")}
+                     if t["results"] and t["results"][-1].get("finished")}
     done_before = list(trials_before)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and every Ray process it started
     proc.wait(timeout=30)
@@ -158,7 +158,7 @@ def test_sigkilled_driver_resumes_to_exactly_n_trials(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     trials = _tune_trials(tmp_path / "killme")
     assert len(trials) == 5
-    assert all(t["results"] and t["results"][-1].get("done") for t in trials)
+    assert all(t["results"] and t["results"][-1].get("finished") for t in trials)
     for t in trials:  # finished trials were not rerun: no result was appended to them
         if t["dir"].name in trials_before:
             assert len(t["results"]) == trials_before[t["dir"].name], t["dir"].name
