@@ -34,3 +34,22 @@ def set_args(settings: dict) -> list[str]:
     for key, value in settings.items():
         out += ["--set", f"{key}={str(value).lower() if isinstance(value, bool) else value}"]
     return out
+
+
+def kill_processes_with_env(key: str, value: str) -> int:
+    """SIGKILL every process whose environment has ``key=value`` (the Ray processes of one killed test driver,
+    found through the unique RAY_TMPDIR it was given; never another Ray on this host). Returns how many."""
+    import signal
+
+    needle = f"{key}={value}".encode()
+    n = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                os.kill(int(entry.name), signal.SIGKILL)
+                n += 1
+        except (OSError, ProcessLookupError):
+            continue
+    return n

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import ROOT, run_cli
+from conftest import ROOT, kill_processes_with_env, run_cli
 
 from search.cli import main
 from spaces import load_space
@@ -28,7 +28,9 @@ def _tune_trials(exp: Path) -> list[dict]:
     """Each Tune trial's params and reported results, read from its directory."""
     out = []
     for d in sorted(p for p in exp.iterdir() if p.is_dir() and p.name.startswith("trial_driver_")):
-        results = [json.loads(line) for line in (d / "result.json").read_text().splitlines() if line.strip()]
+        path = d / "result.json"
+        lines = path.read_text().splitlines() if path.exists() else []
+        results = [json.loads(line) for line in lines if line.strip()]
         out.append({"dir": d, "config": json.loads((d / "params.json").read_text()), "results": results})
     return out
 
@@ -118,18 +120,13 @@ def test_multi_objective_sweep_reports_pareto_front(tmp_path):
     assert "Pareto front (knn_top1:max, epoch_time_s:min)" in proc.stdout
 
 
-def _descendants(pid: int) -> list[int]:
-    from test_train import _descendants as walk
-
-    return walk(pid)
-
-
 @pytest.mark.slow
 def test_sigkilled_driver_resumes_to_exactly_n_trials(tmp_path):
     args = [sys.executable, "-m", "search.cli", "run", "quickstart", "--trials", "5", "--concurrency", "1",
             "--scheduler", "fifo", "--name", "killme", "--storage-path", str(tmp_path), *QUICK]
+    ray_tmp = f"/tmp/csw{os.getpid()}"  # a private Ray temp dir marks every process of this driver's Ray
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True, env=os.environ.copy())
+                            start_new_session=True, env={**os.environ, "RAY_TMPDIR": ray_tmp})
     db = tmp_path / "killme" / "study.db"
     deadline = time.time() + 300
     done_before: list[str] = []
@@ -145,12 +142,14 @@ def test_sigkilled_driver_resumes_to_exactly_n_trials(tmp_path):
         assert proc.poll() is None, "the sweep ended before it could be killed"
     else:
         os.killpg(proc.pid, signal.SIGKILL)
+        kill_processes_with_env("RAY_TMPDIR", ray_tmp)
         pytest.fail("two trials did not complete in time")
     trials_before = {t["dir"].name: len(t["results"]) for t in _tune_trials(tmp_path / "killme")
                      if t["results"] and t["results"][-1].get("finished")}
     done_before = list(trials_before)
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and every Ray process it started
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver ...
     proc.wait(timeout=30)
+    kill_processes_with_env("RAY_TMPDIR", ray_tmp)  # ... and every Ray process it started, however detached
     time.sleep(2)
     assert done_before
 
