@@ -18,7 +18,7 @@ from ray.train.v2.api.callback import UserCallback
 from search.cluster import TrialResources
 from trainables.trial import TrialSpec
 
-__all__ = ["ProgressCallback", "RayTrainReporter", "build_trainer", "fit_with_progress", "progress_line", "read_checkpoint",
+__all__ = ["worker_facts", "ProgressCallback", "RayTrainReporter", "build_trainer", "fit_with_progress", "progress_line", "read_checkpoint",
            "train_worker"]
 
 STATE_FILE = "state.pt"
@@ -36,12 +36,23 @@ def progress_line(metrics: dict[str, Any]) -> str:
     return f"epoch {metrics['epoch']}: " + " ".join(parts)
 
 
+def worker_facts() -> dict[str, Any]:
+    """Where and with what a report was produced: the Ray node id and the package versions of this worker."""
+    import ray
+
+    import trainables
+
+    return {"node_id": ray.get_runtime_context().get_node_id(), "torch_version": torch.__version__,
+            "ray_version": ray.__version__, "csweep_version": trainables.__version__}
+
+
 class RayTrainReporter:
     """Reporter for :func:`trainables.loop.fit` inside a Ray Train worker."""
 
     def report(self, metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
         import ray.train
 
+        metrics = {**metrics, **worker_facts()}
         if state is None:
             ray.train.report(metrics)
             return

@@ -209,10 +209,12 @@ class TuneReporter:
         import torch
         from ray import tune
 
+        from search.driver import STATE_FILE, worker_facts
+
+        metrics = {**metrics, **worker_facts()}
         if state is None:
             tune.report(metrics)
             return
-        from search.driver import STATE_FILE
 
         with tempfile.TemporaryDirectory(prefix="csweep-ckpt-") as tmp:
             torch.save(state, Path(tmp) / STATE_FILE)
