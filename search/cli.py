@@ -160,6 +160,26 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--storage-path", default=None, help="where the sweep lives (default ./results)")
 
     sub.add_parser("spaces", help="list the bundled search spaces with their parameters and ranges")
+
+    tables = sub.add_parser(
+        "tables",
+        help="write Parquet tables (trials, epochs, leaderboard, ...) of sweeps",
+        description="Read sweeps (finished, running or crashed) and write their tables as a "
+        "Parquet dataset partitioned by sweep: OUT/<table>/sweep=NAME/part-0.parquet.",
+    )
+    tables.add_argument("names", nargs="+", metavar="NAME_OR_PATH", help="sweep names or experiment paths")
+    tables.add_argument("--storage-path", default=None, help="where named sweeps live (default ./results)")
+    tables.add_argument("--out", default="tables", help="output directory (default ./tables)")
+    tables.add_argument("--plots", action="store_true", help="also write PNG plots to OUT/plots/")
+
+    abl = sub.add_parser("ablation", help="pivot a metric over two settings (mean ± std), save Parquet + PNG")
+    abl.add_argument("names", nargs="+", metavar="NAME_OR_PATH", help="sweep names or experiment paths")
+    abl.add_argument("--rows", required=True, help="setting(s) for the rows, comma-separated")
+    abl.add_argument("--cols", required=True, help="setting(s) for the columns, comma-separated")
+    abl.add_argument("--metric", default="linear_top1", help="trials.parquet column to aggregate (default linear_top1)")
+    abl.add_argument("--all-statuses", action="store_true", help="include stopped/errored trials that have the metric")
+    abl.add_argument("--storage-path", default=None, help="where named sweeps live (default ./results)")
+    abl.add_argument("--out", default="tables", help="output directory (default ./tables)")
     return parser
 
 
@@ -443,7 +463,83 @@ def _cmd_spaces(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": _cmd_train, "run": _cmd_run, "resume": _cmd_resume, "status": _cmd_status, "spaces": _cmd_spaces}
+def _write_tables(args: argparse.Namespace):
+    from analysis.tables import write_tables
+
+    paths = [_experiment_path(n, args.storage_path) for n in args.names]
+    for p in paths:
+        if not (Path(p) / "sweep.json").exists():
+            raise UsageError(f"`name`: no sweep at {p} (missing sweep.json)")
+    return write_tables(paths, args.out)
+
+
+def _cmd_tables(args: argparse.Namespace) -> int:
+    written = _write_tables(args)
+    out = Path(args.out)
+    for t in written:
+        counts = t.trials["status"].value_counts().to_dict() if len(t.trials) else {}
+        print(f"{t.sweep}: {len(t.trials)} trial(s) {counts}, {len(t.epochs)} epoch row(s) -> {out}/*/sweep={t.sweep}/")
+    if args.plots:
+        import pandas as pd
+
+        from analysis import plots
+
+        trials = pd.concat([t.trials for t in written], ignore_index=True)
+        epochs = pd.concat([t.epochs for t in written], ignore_index=True)
+        made = [plots.learning_curves(epochs, out / "plots" / "learning_curves.png")]
+        params = sorted({c for s in trials["sampled"].dropna() for c in str(s).split(",") if c} - {"method"})
+        made.append(plots.metric_vs_params(trials, params, out / "plots" / "metric_vs_params.png"))
+        for t in written:
+            if len(t.pareto):
+                metrics = [c for c in t.pareto.columns if c != "optuna_trial" and not c.startswith("param_")][:2]
+                if len(metrics) == 2:
+                    made.append(
+                        plots.pareto_front(
+                            t.pareto, t.trials, metrics[1], metrics[0], out / "plots" / f"pareto_{t.sweep}.png"
+                        )
+                    )
+        print("plots: " + ", ".join(str(p) for p in made))
+    return 0
+
+
+def _cmd_ablation(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from analysis import ablation, format_ablation
+    from analysis.plots import ablation_heatmap
+    from analysis.tables import _atomic_parquet
+
+    written = _write_tables(args)
+    trials = pd.concat([t.trials for t in written], ignore_index=True)
+    rows, cols = args.rows.split(","), args.cols.split(",")
+    try:
+        pivot = ablation(
+            trials, rows=rows, cols=cols, metric=args.metric, statuses=None if args.all_statuses else ("completed",)
+        )
+    except KeyError as e:
+        raise UsageError(f"`rows`/`cols`/`metric`: {e.args[0]}") from e
+    if pivot.empty:
+        raise UsageError(f"`metric`: no {'' if args.all_statuses else 'completed '}trial reports {args.metric!r}")
+    print(format_ablation(pivot).to_string())
+    stem = f"ablation_{'-'.join(rows)}_x_{'-'.join(cols)}_{args.metric}"
+    out = Path(args.out)
+    flat = pivot.copy()
+    flat.columns = ["|".join(map(str, c)) for c in flat.columns]
+    _atomic_parquet(flat.reset_index().astype({r: str for r in rows}), out / f"{stem}.parquet")
+    ablation_heatmap(pivot, out / f"{stem}.png", title=args.metric)
+    print(f"saved {out / stem}.parquet and .png")
+    return 0
+
+
+COMMANDS = {
+    "train": _cmd_train,
+    "tables": _cmd_tables,
+    "ablation": _cmd_ablation,
+    "run": _cmd_run,
+    "resume": _cmd_resume,
+    "status": _cmd_status,
+    "spaces": _cmd_spaces,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,85 @@
+"""The pandas API: load the tables a ``csweep tables`` run wrote, and pivot ablations."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+__all__ = ["Tables", "ablation", "format_ablation", "load"]
+
+
+@dataclass
+class Tables:
+    """All tables of one output directory (every sweep in it), with ``sweep`` as a categorical column."""
+
+    trials: pd.DataFrame
+    epochs: pd.DataFrame
+    leaderboard: pd.DataFrame
+    importances: pd.DataFrame
+    pareto: pd.DataFrame
+
+
+def _read(directory: Path) -> pd.DataFrame:
+    if not directory.is_dir() or not any(directory.glob("sweep=*/*.parquet")):
+        return pd.DataFrame()
+    return pd.read_parquet(directory)
+
+
+def load(out: str | os.PathLike) -> Tables:
+    """Read ``out/<table>/sweep=*/`` (what ``csweep tables --out OUT`` wrote) into DataFrames."""
+    out = Path(out)
+    if not out.is_dir():
+        raise FileNotFoundError(f"no tables directory at {out}; run `csweep tables NAME --out {out}` first")
+    return Tables(**{name: _read(out / name) for name in ("trials", "epochs", "leaderboard", "importances", "pareto")})
+
+
+def ablation(
+    df: pd.DataFrame,
+    *,
+    rows: str | Sequence[str],
+    cols: str | Sequence[str],
+    metric: str,
+    statuses: Sequence[str] | None = ("completed",),
+) -> pd.DataFrame:
+    """Pivot ``metric`` over ``rows`` x ``cols`` (e.g. selfcon_pos x selfcon_size, gamma x gamma_scaling_steps).
+
+    Returns a frame indexed by ``rows`` whose columns are a MultiIndex (statistic, *cols values) with statistics
+    ``mean``, ``std`` (over trials, e.g. seeds; NaN for one trial) and ``n``. ``statuses`` filters trials first
+    (default: completed only; None keeps every trial that reported the metric).
+    """
+    rows = [rows] if isinstance(rows, str) else list(rows)
+    cols = [cols] if isinstance(cols, str) else list(cols)
+    missing = [c for c in [*rows, *cols, metric] if c not in df.columns]
+    if missing:
+        raise KeyError(f"columns {missing} are not in the table; it has {sorted(df.columns)}")
+    data = df if statuses is None else df[df["status"].astype(str).isin(statuses)]
+    data = data.dropna(subset=[metric])
+    keys = [*rows, *cols]
+    data = data.assign(**{k: data[k].astype(object).where(data[k].notna(), "NA") for k in keys})
+    return data.pivot_table(
+        index=rows, columns=cols, values=metric, aggfunc=["mean", "std", "count"], observed=True, dropna=False
+    ).rename(columns={"count": "n"}, level=0)
+
+
+def format_ablation(pivot: pd.DataFrame, *, digits: int = 4) -> pd.DataFrame:
+    """Cells as ``mean ± std (n)`` strings, for printing."""
+    mean, std, n = pivot["mean"], pivot["std"], pivot["n"]
+
+    def cell(m, s, k):
+        if pd.isna(m):
+            return ""
+        spread = f" ± {s:.{digits}f}" if pd.notna(s) else ""
+        return f"{m:.{digits}f}{spread} ({int(k)})"
+
+    return pd.DataFrame(
+        [
+            [cell(mean.iat[i, j], std.iat[i, j], n.iat[i, j]) for j in range(mean.shape[1])]
+            for i in range(mean.shape[0])
+        ],
+        index=mean.index,
+        columns=mean.columns,
+    )

@@ -1,0 +1,571 @@
+"""Experiment storage -> pandas -> Parquet.
+
+``build_tables(path)`` reads one sweep's experiment directory (``sweep.json``, Tune's experiment state, each trial's
+``params.json`` / ``result.json`` / ``error.txt``, and the Optuna study) and returns its tables as DataFrames; it works
+on finished, running and crashed sweeps alike, because every piece it reads is written incrementally.
+``write_tables(paths, out)`` writes them as a Parquet dataset partitioned by sweep::
+
+    out/trials/sweep=NAME/part-0.parquet        pd.read_parquet("out/trials")
+    out/epochs/sweep=NAME/part-0.parquet        duckdb: read_parquet('out/epochs/*/*.parquet', hive_partitioning=1)
+    out/leaderboard/sweep=NAME/part-0.parquet
+    out/importances/sweep=NAME/part-0.parquet   (Optuna parameter importances per method)
+    out/pareto/sweep=NAME/part-0.parquet        (multi-objective sweeps: the study's Pareto front)
+
+Every file is written to a temporary name and renamed into place, so a reader never sees half a file and a failed
+refresh never replaces a good table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import math
+import os
+import tempfile
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from analysis.schema import EPOCH_COLUMNS, LEADERBOARD_COLUMNS, TRIAL_COLUMNS
+
+__all__ = ["SweepTables", "build_tables", "write_tables"]
+
+TABLES = ("trials", "epochs", "leaderboard", "importances", "pareto")
+#: Keys Tune adds to every result; not metrics of ours.
+TUNE_KEYS = {
+    "timestamp",
+    "checkpoint_dir_name",
+    "should_checkpoint",
+    "training_iteration",
+    "trial_id",
+    "date",
+    "time_this_iter_s",
+    "pid",
+    "hostname",
+    "node_ip",
+    "config",
+    "time_since_restore",
+    "iterations_since_restore",
+    "done",
+    "experiment_tag",
+    "checkpoint_path",
+}
+FINAL_ONLY = ("linear_top1", "linear_val_top1", "logreg_top1", "ensemble_top1")
+#: Per-epoch bookkeeping summarised by dedicated trial columns (mean_epoch_time_s, ...) rather than copied.
+PER_EPOCH = {
+    "epoch",
+    "step",
+    "current_lr",
+    "epoch_time_s",
+    "eval_time_s",
+    "images_per_s",
+    "peak_mem_mb",
+    "time_total_s",
+    "best_linear_top1",
+}
+
+
+@dataclass
+class SweepTables:
+    """One sweep's tables as DataFrames (``sweep`` is a column here; on disk it is the partition)."""
+
+    sweep: str
+    trials: pd.DataFrame
+    epochs: pd.DataFrame
+    leaderboard: pd.DataFrame
+    importances: pd.DataFrame
+    pareto: pd.DataFrame
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Reading the experiment directory
+
+
+@dataclass
+class _Trial:
+    trial_id: str
+    path: Path
+    config: dict[str, Any]
+    results: list[dict[str, Any]]
+    tune_status: str | None
+    error: str | None
+    start_time: float | None
+
+
+def _read_results(path: Path) -> list[dict[str, Any]]:
+    """Tune's result.json (one JSON object per line); a torn last line (a crash mid-write) is skipped."""
+    out = []
+    file = path / "result.json"
+    if file.exists():
+        for line in file.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return out
+
+
+def _experiment_state(exp: Path) -> dict[str, dict[str, Any]]:
+    """trial_id -> {status, relative_logdir, start_time, error_filename} from the newest experiment snapshot."""
+    files = sorted(glob.glob(str(exp / "experiment_state-*.json")))
+    for file in reversed(files):
+        try:
+            data = json.loads(Path(file).read_text())
+        except (OSError, json.JSONDecodeError):
+            continue  # torn snapshot: try the previous one
+        out = {}
+        for trial_json, runtime_json in data.get("trial_data", []):
+            t = json.loads(trial_json) if isinstance(trial_json, str) else trial_json
+            r = json.loads(runtime_json) if isinstance(runtime_json, str) else runtime_json
+            out[t["trial_id"]] = {
+                "status": t.get("status"),
+                "relative_logdir": t.get("relative_logdir"),
+                "start_time": r.get("start_time"),
+                "error_filename": r.get("error_filename"),
+            }
+        return out
+    return {}
+
+
+def _read_trials(exp: Path) -> list[_Trial]:
+    state = _experiment_state(exp)
+    dirs = {p.name: p for p in exp.iterdir() if p.is_dir() and (p / "params.json").exists()}
+    trials = []
+    for name, path in sorted(dirs.items()):
+        results = _read_results(path)
+        trial_id = results[-1]["trial_id"] if results else name.split("_")[2] if name.count("_") >= 2 else name
+        s = state.get(trial_id, {})
+        error = None
+        error_file = path / "error.txt"
+        if error_file.exists():
+            lines = [ln for ln in error_file.read_text().splitlines() if ln.strip()]
+            error = _error_line(lines)
+        try:
+            config = json.loads((path / "params.json").read_text())
+        except json.JSONDecodeError:
+            config = {}
+        trials.append(_Trial(trial_id, path, config, results, s.get("status"), error, s.get("start_time")))
+    return trials
+
+
+def _error_line(lines: list[str]) -> str | None:
+    """The most informative line of a Tune error file: the last ``SomeError: message`` line."""
+    for line in reversed(lines):
+        head = line.split(":", 1)[0].strip()
+        if head.endswith(("Error", "Exception")) and ":" in line:
+            return line.strip()
+    return lines[-1].strip() if lines else None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Typed setting columns
+
+
+def _setting_types() -> dict[str, str]:
+    """Arrow kind of every setting: 'float', 'int', 'bool', 'str', 'list' (from the dataclass annotations)."""
+    from trainables.config import TrainConfig
+    from trainables.methods import METHODS
+
+    kinds: dict[str, str] = {}
+    for cls in [TrainConfig, *(m.Config for m in METHODS.values())]:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            kinds.setdefault(f.name, _kind(hints[f.name]))
+    return kinds
+
+
+def _kind(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if origin is typing.Literal:
+        return "str"
+    if origin is tuple:
+        return "list"
+    if origin is not None and args:  # Optional[X] / X | None
+        return _kind(args[0])
+    return {float: "float", int: "int", bool: "bool", str: "str"}.get(annotation, "str")
+
+
+def _flow(value: Any) -> str | None:
+    """Lists as YAML flow strings: [false, true, false]."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    return "[" + ", ".join(str(v).lower() if isinstance(v, bool) else str(v) for v in value) + "]"
+
+
+def _spec_settings(fixed: Mapping[str, Any], config: Mapping[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """The trial's full, validated settings (fixed + sampled + defaults), or the raw merge if they do not validate
+    (an errored trial with an invalid configuration still gets its row)."""
+    from search.sweep import trial_settings
+    from trainables.trial import TrialSpec
+
+    try:
+        method, settings = trial_settings(fixed, config)
+        return method, TrialSpec.from_settings(method, settings).flat()
+    except Exception:
+        merged = {**config, **fixed}
+        return merged.get("method"), {k: v for k, v in merged.items() if not k.startswith("__")}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Building the tables
+
+
+def _status(t: _Trial) -> str:
+    if t.error is not None or t.tune_status == "ERROR":
+        return "diverged" if t.error and ("diverged" in t.error or "FloatingPointError" in t.error) else "errored"
+    last = t.results[-1] if t.results else {}
+    if last.get("finished"):
+        return "completed"
+    if t.tune_status == "TERMINATED":
+        return "stopped_early"
+    return "running"
+
+
+def _optuna_numbers(study, trials: list[_Trial], sweep_objective: list[str]) -> dict[str, int]:
+    """Match each Tune trial to the Optuna trial with the same sampled parameters (repeats share one)."""
+    if study is None:
+        return {}
+    out = {}
+    by_params: dict[str, list[int]] = {}
+    for ot in study.get_trials(deepcopy=False):
+        by_params.setdefault(json.dumps(ot.params, sort_keys=True, default=str), []).append(ot.number)
+    for t in trials:
+        params = {k: v for k, v in t.config.items() if not k.startswith("__")}
+        numbers = by_params.get(json.dumps(params, sort_keys=True, default=str))
+        if numbers:
+            out[t.trial_id] = numbers[0] if t.config.get("__trial_index__") is not None else numbers.pop(0)
+    return out
+
+
+def _load_study(cfg):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return optuna.load_study(study_name=cfg.name, storage=cfg.study_url)
+    except Exception:  # no study yet (crashed before the first ask) or storage not reachable from here
+        return None
+
+
+def build_tables(path: str | os.PathLike) -> SweepTables:
+    """Read one sweep's experiment directory into its tables."""
+    from search.sweep import read_sweep_file
+
+    exp = Path(path).resolve()
+    cfg = read_sweep_file(str(exp))
+    study = _load_study(cfg)
+    trials = _read_trials(exp)
+    numbers = _optuna_numbers(study, trials, [o.metric for o in cfg.objective])
+    kinds = _setting_types()
+
+    trial_rows, epoch_rows = [], []
+    for t in trials:
+        method, settings = _spec_settings(cfg.fixed, t.config)
+        results = [r for r in t.results if "epoch" in r]
+        last = results[-1] if results else {}
+        devices = cfg.gpus_per_worker if cfg.gpus_per_worker else cfg.cpus_per_worker
+        start = t.start_time or (last.get("timestamp", 0) - last.get("time_total_s", 0) if last else None)
+        wall = (last["timestamp"] - start) if last and start else None
+        row: dict[str, Any] = {
+            "trial_id": t.trial_id,
+            "optuna_trial": numbers.get(t.trial_id),
+            "status": _status(t),
+            "error": t.error,
+            "method": method,
+            "dataset": settings.get("dataset"),
+            "backbone": settings.get("backbone"),
+            "seed": settings.get("seed"),
+            "repeat": int(t.config.get("__trial_index__", 0)),
+            "sampled": ",".join(sorted(k for k in t.config if not k.startswith("__"))),
+            "epochs_run": last.get("epoch"),
+            "stopped_early": _status(t) == "stopped_early",
+            "knn_top1": last.get("knn_top1"),
+            "best_knn_top1": _best(results, "knn_top1", max),
+            "train_loss": last.get("train_loss"),
+            "min_train_loss": _best(results, "train_loss", min),
+            "mean_epoch_time_s": _mean(results, "epoch_time_s"),
+            "mean_images_per_s": _mean(results, "images_per_s"),
+            "max_peak_mem_mb": _best(results, "peak_mem_mb", max),
+            "wall_s": wall,
+            "device_s": wall * devices * cfg.workers if wall is not None else None,
+            "world_size": last.get("world_size"),
+            "per_worker_batch": last.get("per_worker_batch"),
+            "gathered_negatives": last.get("gathered_negatives"),
+            "node_id": last.get("node_id"),
+            "torch_version": last.get("torch_version"),
+            "ray_version": last.get("ray_version"),
+            "csweep_version": last.get("csweep_version"),
+            "start_time": pd.Timestamp(start, unit="s", tz="UTC") if start else None,
+            "end_time": pd.Timestamp(last["timestamp"], unit="s", tz="UTC") if last else None,
+        }
+        for key in FINAL_ONLY:
+            row[key] = last.get(key)
+        for key, value in last.items():  # method extras (exit_top1, gamma, ...) as float columns
+            if (
+                key not in row
+                and key not in TUNE_KEYS
+                and key not in PER_EPOCH
+                and _numeric(value)
+                and key not in settings
+            ):
+                row[key] = float(value)
+        for key, value in settings.items():
+            if key not in row or key in ("seed",):
+                row[key] = _flow(value) if kinds.get(key) == "list" else value
+        trial_rows.append(row)
+        for r in results:
+            epoch_rows.append(
+                {
+                    "trial_id": t.trial_id,
+                    "method": method,
+                    **{k: v for k, v in r.items() if k not in TUNE_KEYS and _numeric(v)},
+                    "time_total_s": r.get("time_total_s"),
+                }
+            )
+
+    trials_df = _typed_frame(trial_rows, TRIAL_COLUMNS, kinds)
+    epochs_df = _typed_frame(epoch_rows, EPOCH_COLUMNS, {})
+    epochs_df = epochs_df.drop(
+        columns=[c for c in ("finished", "gathered_negatives", "world_size", "per_worker_batch") if c in epochs_df]
+    )
+    for df in (trials_df, epochs_df):
+        df.insert(0, "sweep", pd.Categorical([cfg.name] * len(df)))
+    return SweepTables(
+        sweep=cfg.name,
+        trials=trials_df,
+        epochs=epochs_df,
+        leaderboard=_leaderboard(trials_df, cfg),
+        importances=_importances(study, trials_df, cfg),
+        pareto=_pareto(study, cfg),
+    )
+
+
+def _numeric(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _best(results: list[dict], key: str, fn) -> float | None:
+    values = [r[key] for r in results if _numeric(r.get(key))]
+    return float(fn(values)) if values else None
+
+
+def _mean(results: list[dict], key: str) -> float | None:
+    values = [r[key] for r in results if _numeric(r.get(key))]
+    return float(np.mean(values)) if values else None
+
+
+def _arrow_kind(t: pa.DataType) -> str:
+    if pa.types.is_dictionary(t):
+        return "category"
+    if pa.types.is_floating(t):
+        return "float"
+    if pa.types.is_integer(t):
+        return "int"
+    if pa.types.is_boolean(t):
+        return "bool"
+    if pa.types.is_timestamp(t):
+        return "timestamp"
+    return "str"
+
+
+def _typed_frame(
+    rows: list[dict], schema: list[tuple[str, pa.DataType, str]], kinds: Mapping[str, str]
+) -> pd.DataFrame:
+    """A DataFrame with the documented columns first, in order and type, then the setting and extra columns."""
+    df = pd.DataFrame(rows)
+    documented = {name: _arrow_kind(t) for name, t, _ in schema}
+    for name in documented:
+        if name not in df:
+            df[name] = None
+    extra = [c for c in df.columns if c not in documented]
+    df = df[[*documented, *extra]]
+    for col in df.columns:
+        kind = documented.get(col) or {
+            "float": "float",
+            "int": "int",
+            "bool": "bool",
+            "str": "category",
+            "list": "str",
+        }.get(kinds.get(col, ""), None)
+        if kind is None:
+            kind = (
+                "float"
+                if all(_numeric(v) or v is None or (isinstance(v, float) and math.isnan(v)) for v in df[col])
+                else "str"
+            )
+        df[col] = _cast(df[col], kind)
+    return df
+
+
+def _cast(s: pd.Series, kind: str) -> pd.Series:
+    if kind == "float":
+        return pd.to_numeric(s, errors="coerce").astype("float64")
+    if kind == "int":
+        return pd.to_numeric(s, errors="coerce").astype("Int64")
+    if kind == "bool":
+        return s.map(lambda v: None if v is None or (isinstance(v, float) and math.isnan(v)) else bool(v)).astype(
+            "boolean"
+        )
+    if kind == "category":
+        return s.map(lambda v: None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)).astype(
+            "category"
+        )
+    if kind == "timestamp":
+        return pd.to_datetime(s, utc=True).astype("datetime64[s, UTC]")
+    return s.map(lambda v: None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)).astype("string")
+
+
+def _leaderboard(trials: pd.DataFrame, cfg) -> pd.DataFrame:
+    """Best configuration per (dataset, method); with repeats, mean/std/95 % CI over its seeds."""
+    from scipy import stats
+
+    obj = cfg.objective[0]
+    metric = obj.metric if obj.metric in trials else "best_knn_top1"
+    rows = []
+    for (dataset, method), group in trials.groupby(["dataset", "method"], observed=True, dropna=False):
+        sampled = {c for s in group["sampled"].dropna() for c in str(s).split(",") if c} - {"method"}
+        key_cols = sorted(c for c in sampled if c in group)
+        configs = group.groupby(key_cols, dropna=False, observed=True) if key_cols else [((), group)]
+        best = None
+        for _, g in configs:
+            values = g[metric].dropna().to_numpy(dtype=float)
+            if not len(values):
+                continue
+            mean = float(values.mean())
+            if best is None or (mean > best[0] if obj.mode == "max" else mean < best[0]):
+                best = (mean, values, g)
+        row = {
+            "dataset": dataset,
+            "method": method,
+            "metric": metric,
+            "mode": obj.mode,
+            "n_trials": len(group),
+            "n_completed": int((group["status"] == "completed").sum()),
+            "device_hours": float(group["device_s"].fillna(0).sum() / 3600),
+        }
+        if best is not None:
+            mean, values, g = best
+            n = len(values)
+            std = float(values.std(ddof=1)) if n > 1 else None
+            half = float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n)) if n > 1 else None
+            first = g.sort_values("repeat").iloc[0]
+            row.update(
+                best_trial_id=first["trial_id"],
+                best_value=mean,
+                best_std=std,
+                best_ci95_low=mean - half if half is not None else None,
+                best_ci95_high=mean + half if half is not None else None,
+                best_seeds=n,
+                best_config=json.dumps({c: _jsonable(first[c]) for c in key_cols}, sort_keys=True),
+                best_linear_top1=_nanmean(g["linear_top1"]),
+                best_knn_top1=_nanmean(g["best_knn_top1"]),
+            )
+        rows.append(row)
+    return _typed_frame(rows, LEADERBOARD_COLUMNS, {})
+
+
+def _nanmean(s: pd.Series) -> float | None:
+    v = s.dropna()
+    return float(v.mean()) if len(v) else None
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, (np.generic,)):
+        return v.item()
+    if v is pd.NA or (isinstance(v, float) and math.isnan(v)):
+        return None
+    return v
+
+
+def _importances(study, trials: pd.DataFrame, cfg) -> pd.DataFrame:
+    """Optuna's fANOVA parameter importances for each method with enough completed trials (single objective)."""
+    import optuna
+
+    rows = []
+    if study is None or len(cfg.objective) > 1:
+        return pd.DataFrame(
+            {
+                "method": pd.Categorical([]),
+                "param": pd.Series([], dtype="string"),
+                "importance": pd.Series([], dtype="float64"),
+            }
+        )
+    complete = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+    methods = {t.params.get("method", cfg.fixed.get("method")) for t in complete}
+    for method in sorted(m for m in methods if m):
+        subset = [t for t in complete if t.params.get("method", cfg.fixed.get("method")) == method]
+        params = {k for t in subset for k in t.params if k != "method"}
+        if len(subset) < 3 or not params:
+            continue
+        tmp = optuna.create_study(direction=study.direction)
+        for t in subset:
+            tmp.add_trial(
+                optuna.trial.create_trial(
+                    params={k: v for k, v in t.params.items() if k != "method"},
+                    distributions={k: d for k, d in t.distributions.items() if k != "method"},
+                    value=t.value,
+                )
+            )
+        try:
+            importances = optuna.importance.get_param_importances(tmp)
+        except (RuntimeError, ValueError):
+            continue  # e.g. conditional parameters that never co-occur
+        rows += [{"method": method, "param": k, "importance": float(v)} for k, v in importances.items()]
+    return pd.DataFrame(rows, columns=["method", "param", "importance"]).astype(
+        {"method": "category", "param": "string", "importance": "float64"}
+    )
+
+
+def _pareto(study, cfg) -> pd.DataFrame:
+    if study is None or len(cfg.objective) < 2:
+        return pd.DataFrame({"optuna_trial": pd.Series([], dtype="Int64")})
+    names = [o.metric for o in cfg.objective]
+    rows = [
+        {"optuna_trial": t.number, **{f"param_{k}": v for k, v in t.params.items()}, **dict(zip(names, t.values))}
+        for t in study.best_trials
+    ]
+    return pd.DataFrame(rows).astype({"optuna_trial": "Int64", **{n: "float64" for n in names}})
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Writing
+
+
+def _atomic_parquet(df: pd.DataFrame, path: Path) -> None:
+    """Write ``df`` to ``path`` via a temporary file in the same directory and an atomic rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_tables(paths: Iterable[str | os.PathLike], out: str | os.PathLike) -> list[SweepTables]:
+    """Build every sweep's tables and write them under ``out`` (partitioned by sweep). Returns the tables."""
+    out = Path(out)
+    written = []
+    for path in paths:
+        tables = build_tables(path)
+        for name in TABLES:
+            df = getattr(tables, name)
+            if "sweep" in df:
+                df = df.drop(columns=["sweep"])  # the partition directory carries it
+            _atomic_parquet(df, out / name / f"sweep={tables.sweep}" / "part-0.parquet")
+        written.append(tables)
+    return written
