@@ -14,7 +14,7 @@ import pyarrow as pa
 __all__ = ["EPOCH_COLUMNS", "LEADERBOARD_COLUMNS", "TRIAL_COLUMNS", "markdown"]
 
 DICT = pa.dictionary(pa.int32(), pa.string())
-TS = pa.timestamp("s", tz="UTC")
+TS = pa.timestamp("ms", tz="UTC")  # Parquet has no second unit
 
 #: trials.parquet: one row per Tune trial (the sweep name comes from the partition directory ``sweep=NAME``).
 TRIAL_COLUMNS: list[tuple[str, pa.DataType, str]] = [

@@ -39,6 +39,7 @@ from analysis.schema import EPOCH_COLUMNS, LEADERBOARD_COLUMNS, TRIAL_COLUMNS
 __all__ = ["SweepTables", "build_tables", "write_tables"]
 
 TABLES = ("trials", "epochs", "leaderboard", "importances", "pareto")
+SCHEMAS = {"trials": TRIAL_COLUMNS, "epochs": EPOCH_COLUMNS, "leaderboard": LEADERBOARD_COLUMNS}
 #: Keys Tune adds to every result; not metrics of ours.
 TUNE_KEYS = {
     "timestamp",
@@ -542,10 +543,32 @@ def _pareto(study, cfg) -> pd.DataFrame:
 # Writing
 
 
-def _atomic_parquet(df: pd.DataFrame, path: Path) -> None:
+DICT = pa.dictionary(pa.int32(), pa.string())
+
+
+def _to_arrow(df: pd.DataFrame, documented: list[tuple[str, pa.DataType, str]] = ()) -> pa.Table:
+    """The Arrow table with the documented types, and plain ``string`` / ``dictionary<int32, string>`` elsewhere
+    (pandas would pick large_string and narrow dictionary indices, which vary with the data)."""
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    types = {name: t for name, t, _ in documented}
+    fields = []
+    for f in table.schema:
+        t = types.get(f.name, f.type)
+        if f.name not in types:
+            if pa.types.is_large_string(t):
+                t = pa.string()
+            elif pa.types.is_dictionary(t):
+                t = DICT
+            elif pa.types.is_null(t):
+                t = pa.string()
+        fields.append(pa.field(f.name, t))
+    return table.cast(pa.schema(fields, metadata=table.schema.metadata))
+
+
+def _atomic_parquet(df: pd.DataFrame, path: Path, documented: list[tuple[str, pa.DataType, str]] = ()) -> None:
     """Write ``df`` to ``path`` via a temporary file in the same directory and an atomic rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    table = pa.Table.from_pandas(df, preserve_index=False)
+    table = _to_arrow(df, documented)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
@@ -566,6 +589,6 @@ def write_tables(paths: Iterable[str | os.PathLike], out: str | os.PathLike) -> 
             df = getattr(tables, name)
             if "sweep" in df:
                 df = df.drop(columns=["sweep"])  # the partition directory carries it
-            _atomic_parquet(df, out / name / f"sweep={tables.sweep}" / "part-0.parquet")
+            _atomic_parquet(df, out / name / f"sweep={tables.sweep}" / "part-0.parquet", SCHEMAS.get(name, []))
         written.append(tables)
     return written
