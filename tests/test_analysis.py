@@ -93,7 +93,7 @@ def test_two_sweeps_combine_and_duckdb_reads_them(sweep, tmp_path):
     assert trials.groupby("sweep", observed=True).size().to_dict() == {"abl": 4, "other": 4}
     duckdb = pytest.importorskip("duckdb")
     n = duckdb.sql(f"select count(*) from read_parquet('{out}/epochs/*/*.parquet', hive_partitioning=1) "
-                   "where sweep = 'other'").fetchone()[0]
+                   "where sweep = 'other'").fetchall()[0][0]
     assert n == len(pd.read_parquet(out / "epochs" / "sweep=other"))
 
 
