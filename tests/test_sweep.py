@@ -153,6 +153,14 @@ def test_sigkilled_driver_resumes_to_exactly_n_trials(tmp_path):
     time.sleep(2)
     assert done_before
 
+    # the crashed sweep still yields tables for what it finished
+    from analysis import build_tables
+
+    crashed = build_tables(tmp_path / "killme")
+    statuses = crashed.trials.set_index("trial_id")["status"].astype(str)
+    assert (statuses == "completed").sum() >= len(done_before)
+    assert len(crashed.epochs) >= 4 * len(done_before)
+
     resumed = run_cli("resume", "killme", "--storage-path", str(tmp_path))
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     trials = _tune_trials(tmp_path / "killme")
