@@ -114,7 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("space", help="bundled space name or path to a Python file")
     _add_data_args(run)
     _add_resource_args(run)
-    run.add_argument("--trials", type=int, default=20, help="configurations to sample (default 20)")
+    run.add_argument(
+        "--trials", type=int, default=None, help="configurations to sample (default: the space's TRIALS, else 20)"
+    )
     run.add_argument("--repeats", type=int, default=1, help="seeds per sampled configuration (default 1)")
     run.add_argument(
         "--concurrency",

@@ -35,6 +35,11 @@ class SpaceModule:
         return [dict(p) for p in getattr(self.module, "POINTS_TO_EVALUATE", [])]
 
     @property
+    def trials(self) -> int:
+        """Default number of configurations to sample (``TRIALS``, else 20)."""
+        return int(getattr(self.module, "TRIALS", 20))
+
+    @property
     def fixed(self) -> dict[str, Any]:
         """Settings the space fixes for every trial (``FIXED``); the user's ``--set`` values override them."""
         return dict(getattr(self.module, "FIXED", {}))
