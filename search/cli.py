@@ -291,7 +291,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         space=args.space,
         storage_path=_storage_path(args.storage_path),
         fixed={**space.fixed, **_settings(args)},
-        trials=args.trials,
+        trials=args.trials if args.trials is not None else space.trials,
         repeats=args.repeats,
         concurrency=args.concurrency,
         workers=args.workers,
