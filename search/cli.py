@@ -349,9 +349,9 @@ def _fit_and_report(cfg, make_tuner) -> int:
 
 
 def _result_row(result) -> dict[str, Any]:
-    row = {"trial": Path(result.path).name.split("_")[-3] if result.path else None}
-    row.update({k: v for k, v in (result.config or {}).items() if not k.startswith("__")})
-    row.update(result.metrics or {})
+    config = {k: v for k, v in (result.config or {}).items() if not k.startswith("__")}
+    row = {**(result.metrics or {}), **config, "_sampled": tuple(config)}
+    row["trial"] = row.get("trial_id")
     row["status"] = "error" if result.error is not None else ("done" if row.get("finished") else "stopped")
     return row
 
@@ -362,7 +362,7 @@ def _print_leaderboard(cfg, rows: list[dict[str, Any]]) -> None:
     obj = cfg.objective[0]
     params = sorted({k for r in rows for k in r if k in _sampled_keys(rows)})
     ranked = leaderboard_rows(rows, obj.metric, obj.mode)
-    columns = ["method", *[p for p in params if p != "method"], "status", "epoch", "knn_top1", "linear_top1"]
+    columns = ["trial", "method", *[p for p in params if p != "method"], "status", "epoch", "knn_top1", "linear_top1"]
     if obj.metric not in columns:
         columns.append(obj.metric)
     print(f"\nleaderboard ({obj.metric}, {obj.mode}):")
@@ -384,35 +384,8 @@ def _print_pareto(cfg) -> None:
 
 
 def _sampled_keys(rows: list[dict[str, Any]]) -> set[str]:
-    from search.sweep import known_metrics
-
-    skip = known_metrics() | {
-        "trial",
-        "status",
-        "done",
-        "finished",
-        "experiment_tag",
-        "world_size",
-        "per_worker_batch",
-        "gathered_negatives",
-        "checkpoint_path",
-        "checkpoint_dir_name",
-        "timestamp",
-        "time_this_iter_s",
-        "time_total_s",
-        "training_iteration",
-        "trial_id",
-        "date",
-        "hostname",
-        "node_ip",
-        "pid",
-        "time_since_restore",
-        "iterations_since_restore",
-        "config",
-        "should_checkpoint",
-        "train_top1",
-    }
-    return {k for r in rows for k in r if k not in skip and not isinstance(r[k], dict)}
+    """The settings the space sampled: the keys of the trials' Tune configs (carried as ``_sampled`` in rows)."""
+    return {k for r in rows for k in r.get("_sampled", ())}
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
@@ -442,8 +415,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
     for t in analysis.trials:
         status = finished_status(t.last_result) if t.status == "TERMINATED" else STATUS.get(t.status, t.status)
-        row = {"trial": t.trial_id, "status": status}
-        row.update({k: v for k, v in t.config.items() if not k.startswith("__")})
+        config = {k: v for k, v in t.config.items() if not k.startswith("__")}
+        row = {"trial": t.trial_id, "status": status, **config, "_sampled": tuple(config)}
         row.update({k: t.last_result.get(k) for k in ("epoch", "knn_top1", "linear_top1")})
         rows.append(row)
     params = sorted(_sampled_keys(rows) - {"method"})

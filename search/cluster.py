@@ -2,18 +2,33 @@
 
 Every Ray detail the project depends on lives here (DESIGN.md, "Ray 2.60 facts"): the Train controller's poll
 interval, token auth when joining by address, the custom ``trial_driver`` resource that keeps Tune drivers from
-starving Train workers, and the feasibility check that turns a would-be hang into a clear error.
+starving Train workers (and, because only the head node of a cluster carries it, pins every trial driver there), the
+feasibility check that turns a would-be hang into a clear error, what an autoscaler may still add to a cluster, and
+the offline check of a cluster launcher config (``cluster.yaml``) against Ray's own schema.
 """
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from trainables.config import ConfigError, check_range
 
-__all__ = ["DRIVER_RESOURCE", "ClusterResources", "TrialResources", "check_feasible", "init_ray"]
+__all__ = [
+    "DRIVER_RESOURCE",
+    "ClusterResources",
+    "TrialResources",
+    "address_from_env",
+    "autoscaler_node_types",
+    "check_cluster_config",
+    "check_feasible",
+    "init_ray",
+    "validate_cluster_config",
+]
 
 #: Custom resource that acts as a semaphore for trial drivers (one unit per concurrent trial driver).
 DRIVER_RESOURCE = "trial_driver"
@@ -43,17 +58,47 @@ class TrialResources:
         return bundle
 
 
+#: Ray marks the head node with this resource.
+HEAD_MARKER = "node:__internal_head__"
+#: Nodes of one autoscaled node type counted at most (``max_workers`` unlimited in KubeRay / autoscaler v2).
+MAX_NODES_PER_TYPE = 64
+
+
 @dataclass(frozen=True)
 class ClusterResources:
-    """Resources of each alive node: a list of ``{"CPU": .., "GPU": .., ...}`` dicts."""
+    """Resources of each alive node: a list of ``{"CPU": .., "GPU": .., ...}`` dicts.
+
+    On an autoscaling cluster ``autoscaling`` is true and ``addable`` lists one resource dict per worker node the
+    autoscaler may still start (``None``: an autoscaler runs but its node types could not be read from here).
+    """
 
     nodes: tuple[dict[str, float], ...]
+    autoscaling: bool = False
+    addable: tuple[dict[str, float], ...] | None = ()
 
     @classmethod
     def from_ray(cls) -> ClusterResources:
         import ray
 
-        return cls(tuple(dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")))
+        nodes = tuple(dict(n["Resources"]) for n in ray.nodes() if n.get("Alive"))
+        types = autoscaler_node_types()
+        if types is None:
+            return cls(nodes)
+        kinds, max_workers = types
+        if kinds is None:
+            return cls(nodes, autoscaling=True, addable=None)
+        addable: list[dict[str, float]] = []
+        for resources, count in kinds:
+            addable += [dict(resources)] * min(count, MAX_NODES_PER_TYPE)
+        return cls(nodes, autoscaling=True, addable=tuple(addable[:max_workers]))
+
+    def at_peak(self) -> ClusterResources:
+        """The largest cluster this one can become: the head node(s) plus every worker node the autoscaler may start
+        (itself when nothing autoscales, or when the autoscaler's node types are unknown)."""
+        if not self.autoscaling or self.addable is None:
+            return self
+        heads = tuple(n for n in self.nodes if n.get(HEAD_MARKER)) or self.nodes[:1]
+        return ClusterResources(heads + self.addable)
 
     @classmethod
     def local(cls, num_cpus: int | None = None, num_gpus: int | None = None) -> ClusterResources:
@@ -63,30 +108,45 @@ class ClusterResources:
         return sum(n.get(key, 0.0) for n in self.nodes)
 
     def describe(self) -> str:
-        parts = [", ".join(f"{v:g} {k}" for k, v in sorted(n.items()) if k in ("CPU", "GPU") or k == DRIVER_RESOURCE)
-                 for n in self.nodes]
+        parts = [
+            ", ".join(f"{v:g} {k}" for k, v in sorted(n.items()) if k in ("CPU", "GPU") or k == DRIVER_RESOURCE)
+            for n in self.nodes
+        ]
         return f"{len(self.nodes)} node(s): " + "; ".join(f"[{p}]" for p in parts)
 
 
 def check_feasible(need: TrialResources, cluster: ClusterResources, *, autoscaling: bool = False) -> None:
     """Raise ConfigError unless the cluster can hold one trial: every worker bundle must fit on some node, and the
-    cluster as a whole must hold all of them. With an autoscaler, node types it may add are the caller's to check."""
-    if autoscaling:
+    cluster as a whole must hold all of them. On an autoscaling cluster the nodes it may still add count too; when
+    its node types cannot be read (or ``autoscaling`` is passed) the check is left to the autoscaler."""
+    if autoscaling or (cluster.autoscaling and cluster.addable is None):
         return
+    cluster = cluster.at_peak()
     bundle = need.worker_bundle
     fits = [n for n in cluster.nodes if all(n.get(k, 0.0) >= v for k, v in bundle.items())]
     asked = f"{need.workers} worker(s) x {{{', '.join(f'{v:g} {k}' for k, v in bundle.items())}}}"
     if not fits:
-        raise ConfigError(f"`resources` cannot be met: one trial asks for {asked}, but no node has that much; "
-                          f"the cluster has {cluster.describe()}")
+        raise ConfigError(
+            f"`resources` cannot be met: one trial asks for {asked}, but no node has that much; "
+            f"the cluster has {cluster.describe()}"
+        )
     capacity = sum(min(int(n.get(k, 0.0) // v) for k, v in bundle.items() if v) for n in fits)
     if capacity < need.workers:
-        raise ConfigError(f"`workers` cannot be met: one trial asks for {asked}, but the cluster holds only "
-                          f"{capacity} such worker(s); it has {cluster.describe()}")
+        raise ConfigError(
+            f"`workers` cannot be met: one trial asks for {asked}, but the cluster holds only "
+            f"{capacity} such worker(s); it has {cluster.describe()}"
+        )
 
 
-def init_ray(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None,
-             driver_slots: int | None = None, log_dir: str | None = None, log_to_driver: bool = False) -> Any:
+def init_ray(
+    address: str | None = None,
+    *,
+    num_cpus: int | None = None,
+    num_gpus: int | None = None,
+    driver_slots: int | None = None,
+    log_dir: str | None = None,
+    log_to_driver: bool = False,
+) -> Any:
     """Start a local Ray (``address=None``) or join one. Returns the ``ray`` module.
 
     A local Ray gets ``driver_slots`` units of the ``trial_driver`` resource (default: its CPU count) and the
@@ -102,12 +162,165 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, num_gpu
 
     if ray.is_initialized():
         return ray
-    kwargs: dict[str, Any] = dict(runtime_env={"env_vars": dict(RAY_ENV)}, log_to_driver=log_to_driver,
-                                  logging_level="ERROR", configure_logging=True)
+    kwargs: dict[str, Any] = dict(
+        runtime_env={"env_vars": dict(RAY_ENV)},
+        log_to_driver=log_to_driver,
+        logging_level="ERROR",
+        configure_logging=True,
+    )
     if address:
         ray.init(address=address, **kwargs)
         return ray
     cpus = num_cpus or os.cpu_count() or 1
-    ray.init(num_cpus=cpus, num_gpus=num_gpus, resources={DRIVER_RESOURCE: driver_slots or cpus},
-             include_dashboard=True, _temp_dir=log_dir, **kwargs)
+    ray.init(
+        num_cpus=cpus,
+        num_gpus=num_gpus,
+        resources={DRIVER_RESOURCE: driver_slots or cpus},
+        include_dashboard=True,
+        _temp_dir=log_dir,
+        **kwargs,
+    )
     return ray
+
+
+def address_from_env() -> str | None:
+    """The cluster address a ``csweep`` command joins by default: ``$RAY_ADDRESS`` (``ray job submit`` sets it to the
+    cluster's GCS address for the entrypoint), unless it is a dashboard URL (``http://...``, meant for ``ray job``)."""
+    address = os.environ.get("RAY_ADDRESS", "").strip()
+    if not address or address.startswith(("http://", "https://")):
+        return None
+    return address
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# What an autoscaler may add
+
+
+def autoscaler_node_types() -> tuple[list[tuple[dict[str, float], int]] | None, int] | None:
+    """The worker node types an autoscaler of the connected cluster may start: ``([(resources, max_workers), ...],
+    global_max_workers)``; ``(None, 0)`` when an autoscaler runs but its config cannot be read from this process;
+    ``None`` when nothing autoscales. Ray must be initialised.
+
+    Sources, first found wins: the cluster config in the GCS (KubeRay, autoscaler v2), then the config file of the
+    autoscaler v1 monitor (``ray up`` / ``ray start --autoscaling-config``; readable from a driver on the head node,
+    which is where ``ray job submit`` runs it).
+    """
+    import ray._private.state
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    try:
+        config = ray._private.state.state.get_cluster_config()
+    except Exception:
+        config = None
+    if config is not None and config.node_group_configs:
+        kinds = [
+            ({k: float(v) for k, v in g.resources.items()}, MAX_NODES_PER_TYPE if g.max_count < 0 else int(g.max_count))
+            for g in config.node_group_configs
+            if g.max_count != 0 and g.resources
+        ]
+        if kinds:
+            return kinds, sum(n for _, n in kinds)
+    try:
+        raw = _internal_kv_get("__autoscaling_status")  # written by the v1 monitor every update
+        status = json.loads(raw) if raw else None
+    except Exception:
+        status = None
+    if not status or not status.get("autoscaler_report"):
+        return None
+    path = _monitor_config_path(status.get("monitor_pid"))
+    if path is None:
+        return None, 0
+    try:
+        import yaml
+
+        cfg = yaml.safe_load(Path(path).read_text())
+    except (OSError, ValueError):
+        return None, 0
+    head = cfg.get("head_node_type")
+    kinds = [
+        ({k: float(v) for k, v in (t.get("resources") or {}).items()}, int(t.get("max_workers", 0)))
+        for name, t in (cfg.get("available_node_types") or {}).items()
+        if name != head
+    ]
+    kinds = [(r, n) for r, n in kinds if r and n > 0]
+    if not kinds:
+        return None
+    return kinds, int(cfg.get("max_workers", sum(n for _, n in kinds)))
+
+
+def _monitor_config_path(pid: Any) -> str | None:
+    """The ``--autoscaling-config`` file of the autoscaler monitor process ``pid`` on this node, if readable."""
+    try:
+        args = Path(f"/proc/{int(pid)}/cmdline").read_bytes().decode().split("\0")
+    except (OSError, TypeError, ValueError):
+        return None
+    for i, arg in enumerate(args):
+        if arg.startswith("--autoscaling-config="):
+            return os.path.expanduser(arg.split("=", 1)[1])
+        if arg == "--autoscaling-config" and i + 1 < len(args):
+            return os.path.expanduser(args[i + 1])
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Cluster launcher config (cluster.yaml)
+
+
+def validate_cluster_config(config: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
+    """Check a Ray cluster launcher config offline, as ``ray up`` would before touching a cloud: fill in the provider's
+    defaults (``prepare_config``) and validate against ``ray/autoscaler/ray-schema.json`` (``validate_config``).
+    Returns the prepared config; raises ConfigError naming the problem.
+
+    The two functions are private Ray API (``ray.autoscaler._private.util``); this is the one place that uses them.
+    """
+    import copy
+
+    import yaml
+
+    if isinstance(config, Mapping):
+        raw = copy.deepcopy(dict(config))
+    else:
+        try:
+            raw = yaml.safe_load(Path(config).read_text())
+        except (OSError, yaml.YAMLError) as e:
+            raise ConfigError(f"`cluster_config` {str(config)!r} cannot be read: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"`cluster_config` must be a mapping, but got {type(raw).__name__}")
+    import jsonschema
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    try:
+        prepared = prepare_config(raw)
+        validate_config(prepared)
+    except jsonschema.ValidationError as e:
+        where = ".".join(str(p) for p in e.absolute_path) or "(top level)"
+        raise ConfigError(f"`cluster_config` field {where}: {e.message}") from e
+    except (ValueError, KeyError, AssertionError, RuntimeError) as e:
+        raise ConfigError(f"`cluster_config`: {e}") from e
+    return prepared
+
+
+def check_cluster_config(config: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`validate_cluster_config` plus what this project relies on: the head node type carries the
+    ``trial_driver`` resource (so trial drivers run there) and no GPU, every worker type may scale to zero, and at
+    least one worker type has GPUs. Returns the prepared config; raises ConfigError."""
+    cfg = validate_cluster_config(config)
+    types = cfg["available_node_types"]
+    head = types[cfg["head_node_type"]]
+    resources = head.get("resources") or {}
+    if resources.get(DRIVER_RESOURCE, 0) < 1:
+        raise ConfigError(
+            f"`cluster_config` head node type {cfg['head_node_type']!r} must carry the resource "
+            f"{DRIVER_RESOURCE!r} (resources: {{{DRIVER_RESOURCE!r}: N}}): trial drivers run there"
+        )
+    if resources.get("GPU", 0):
+        raise ConfigError(f"`cluster_config` head node type {cfg['head_node_type']!r} must advertise GPU: 0")
+    workers = {name: t for name, t in types.items() if name != cfg["head_node_type"]}
+    if not any((t.get("resources") or {}).get("GPU", 0) > 0 for t in workers.values()):
+        raise ConfigError("`cluster_config` needs at least one worker node type with GPUs (resources: {GPU: N})")
+    for name, t in workers.items():
+        if (t.get("resources") or {}).get(DRIVER_RESOURCE):
+            raise ConfigError(f"`cluster_config` worker node type {name!r} must not carry {DRIVER_RESOURCE!r}")
+        if t.get("min_workers", 0) != 0:
+            raise ConfigError(f"`cluster_config` worker node type {name!r}: min_workers must be 0 (scale to zero)")
+    return cfg

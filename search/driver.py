@@ -18,8 +18,16 @@ from ray.train.v2.api.callback import UserCallback
 from search.cluster import TrialResources
 from trainables.trial import TrialSpec
 
-__all__ = ["worker_facts", "ProgressCallback", "RayTrainReporter", "build_trainer", "fit_with_progress", "progress_line", "read_checkpoint",
-           "train_worker"]
+__all__ = [
+    "worker_facts",
+    "ProgressCallback",
+    "RayTrainReporter",
+    "build_trainer",
+    "fit_with_progress",
+    "progress_line",
+    "read_checkpoint",
+    "train_worker",
+]
 
 STATE_FILE = "state.pt"
 
@@ -42,8 +50,12 @@ def worker_facts() -> dict[str, Any]:
 
     import trainables
 
-    return {"node_id": ray.get_runtime_context().get_node_id(), "torch_version": torch.__version__,
-            "ray_version": ray.__version__, "csweep_version": trainables.__version__}
+    return {
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "torch_version": torch.__version__,
+        "ray_version": ray.__version__,
+        "csweep_version": trainables.__version__,
+    }
 
 
 class RayTrainReporter:
@@ -58,8 +70,11 @@ class RayTrainReporter:
             return
         with tempfile.TemporaryDirectory(prefix="csweep-ckpt-") as tmp:
             torch.save(state, Path(tmp) / STATE_FILE)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                             checkpoint_dir_name=f"checkpoint_epoch_{metrics['epoch']:05d}")
+            ray.train.report(
+                metrics,
+                checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                checkpoint_dir_name=f"checkpoint_epoch_{metrics['epoch']:05d}",
+            )
 
 
 def train_worker(config: dict[str, Any]) -> None:
@@ -119,8 +134,16 @@ def fit_with_progress(trainer_factory, *, printer=print):
     return outcome["result"]
 
 
-def build_trainer(spec: TrialSpec, resources: TrialResources, *, name: str, storage_path: str,
-                  max_failures: int = 0, callbacks: list | None = None, num_to_keep: int = 2):
+def build_trainer(
+    spec: TrialSpec,
+    resources: TrialResources,
+    *,
+    name: str,
+    storage_path: str,
+    max_failures: int = 0,
+    callbacks: list | None = None,
+    num_to_keep: int = 2,
+):
     """A ``TorchTrainer`` for one trial: gloo on CPU, NCCL on GPU, one checkpoint per epoch (keep the last few)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -129,8 +152,11 @@ def build_trainer(spec: TrialSpec, resources: TrialResources, *, name: str, stor
     return TorchTrainer(
         train_worker,
         train_loop_config={"settings": spec.flat(), "cpus_per_worker": resources.cpus_per_worker},
-        scaling_config=ScalingConfig(num_workers=resources.workers, use_gpu=resources.gpus_per_worker > 0,
-                                     resources_per_worker=resources.worker_bundle),
+        scaling_config=ScalingConfig(
+            num_workers=resources.workers,
+            use_gpu=resources.gpus_per_worker > 0,
+            resources_per_worker=resources.worker_bundle,
+        ),
         run_config=RunConfig(
             name=name,
             storage_path=storage_path,

@@ -21,16 +21,34 @@ from typing import Any, Literal
 from search.cluster import DRIVER_RESOURCE, ClusterResources, TrialResources, check_feasible
 from trainables.config import ConfigError, TrainConfig, check_choice, check_range, config_fields
 
-__all__ = ["Objective", "SweepConfig", "build_tuner", "known_metrics", "parse_objective", "restore_tuner",
-           "trial_driver", "validate_sweep"]
+__all__ = [
+    "Objective",
+    "SweepConfig",
+    "build_tuner",
+    "known_metrics",
+    "parse_objective",
+    "restore_tuner",
+    "trial_driver",
+    "validate_sweep",
+]
 
 SWEEP_FILE = "sweep.json"
 SCHEDULERS = ("asha", "hyperband", "fifo")
 SAMPLERS = ("tpe", "random", "cmaes", "gp", "nsga2")
 EXECUTORS = ("auto", "train", "inline")
 #: Metrics every trial reports per epoch; the final epoch adds the probes.
-EPOCH_METRICS = ("epoch", "train_loss", "knn_top1", "best_knn_top1", "epoch_time_s", "eval_time_s",
-                 "images_per_s", "peak_mem_mb", "current_lr", "step")
+EPOCH_METRICS = (
+    "epoch",
+    "train_loss",
+    "knn_top1",
+    "best_knn_top1",
+    "epoch_time_s",
+    "eval_time_s",
+    "images_per_s",
+    "peak_mem_mb",
+    "current_lr",
+    "step",
+)
 FINAL_METRICS = ("linear_top1", "best_linear_top1", "linear_val_top1", "logreg_top1", "ensemble_top1")
 
 
@@ -60,8 +78,10 @@ def parse_objective(text: str) -> tuple[Objective, ...]:
         mode = mode or ("min" if metric.endswith(("_s", "_mb", "loss")) else "max")
         check_choice("objective mode", mode, ("max", "min"))
         if metric not in known_metrics():
-            raise ConfigError(f"`objective` metric {metric!r} is not reported by any trial; choose from "
-                              f"{', '.join(sorted(known_metrics()))}")
+            raise ConfigError(
+                f"`objective` metric {metric!r} is not reported by any trial; choose from "
+                f"{', '.join(sorted(known_metrics()))}"
+            )
         out.append(Objective(metric, mode))  # type: ignore[arg-type]
     if not out:
         raise ConfigError(f"`objective` must name at least one metric, but got objective={text!r}")
@@ -107,8 +127,10 @@ class SweepConfig:
         if not self.name or "/" in self.name:
             raise ConfigError(f"`name` must be a non-empty name without '/', but got name={self.name!r}")
         if self.repeats > 1 and len(self.objective) > 1:
-            raise ConfigError("`repeats` > 1 averages one objective over seeds; it cannot be combined with a "
-                              f"multi-objective `objective` ({len(self.objective)} metrics)")
+            raise ConfigError(
+                "`repeats` > 1 averages one objective over seeds; it cannot be combined with a "
+                f"multi-objective `objective` ({len(self.objective)} metrics)"
+            )
         if self.sampler == "cmaes" and len(self.objective) > 1:
             raise ConfigError("`sampler=cmaes` is single-objective; use nsga2, tpe or random for several objectives")
 
@@ -249,9 +271,14 @@ def trial_driver(config: dict[str, Any], sweep: dict[str, Any]) -> None:
 
     from search.driver import build_trainer
 
-    trainer = build_trainer(spec, cfg.resources, name=f"train_{trial_id}",
-                            storage_path=f"{cfg.experiment_path}/train_runs", callbacks=[TuneReportCallback()],
-                            max_failures=0)
+    trainer = build_trainer(
+        spec,
+        cfg.resources,
+        name=f"train_{trial_id}",
+        storage_path=f"{cfg.experiment_path}/train_runs",
+        callbacks=[TuneReportCallback()],
+        max_failures=0,
+    )
     result = trainer.fit()
     if result.error is not None:
         raise result.error
@@ -286,8 +313,9 @@ def capacity(cfg: SweepConfig, cluster: ClusterResources) -> int:
     return max(0, n)
 
 
-def validate_sweep(cfg: SweepConfig, *, cluster: ClusterResources | None, autoscaling: bool = False,
-                   dry_run_samples: int = 16) -> None:
+def validate_sweep(
+    cfg: SweepConfig, *, cluster: ClusterResources | None, autoscaling: bool = False, dry_run_samples: int = 16
+) -> None:
     """Check a sweep before anything launches: the space loads and every configuration it produces is a valid
     trial, the dataset is there, the study storage opens, the cluster can hold one trial. Raises ConfigError."""
     import optuna
@@ -328,8 +356,10 @@ def validate_sweep(cfg: SweepConfig, *, cluster: ClusterResources | None, autosc
     if cluster is not None:
         check_feasible(cfg.resources, cluster, autoscaling=autoscaling)
         if cfg.resolved_executor == "train" and not autoscaling and cluster.total(DRIVER_RESOURCE) < 1:
-            raise ConfigError(f"`resources`: Train-based trials need the custom resource {DRIVER_RESOURCE!r} on the "
-                              f"node that runs trial drivers (see cluster.yaml); the cluster has {cluster.describe()}")
+            raise ConfigError(
+                f"`resources`: Train-based trials need the custom resource {DRIVER_RESOURCE!r} on the "
+                f"node that runs trial drivers (see cluster.yaml); the cluster has {cluster.describe()}"
+            )
 
 
 def _sampler(cfg: SweepConfig):
@@ -355,12 +385,19 @@ def _scheduler(cfg: SweepConfig):
     if cfg.scheduler == "fifo":
         return FIFOScheduler()
     if cfg.scheduler == "hyperband":
-        return HyperBandScheduler(time_attr="epoch", metric=obj.metric, mode=obj.mode, max_t=epochs,
-                                  reduction_factor=cfg.reduction_factor)
+        return HyperBandScheduler(
+            time_attr="epoch", metric=obj.metric, mode=obj.mode, max_t=epochs, reduction_factor=cfg.reduction_factor
+        )
     grace = cfg.grace_period or max(1, math.ceil(0.1 * epochs))
     # time_attr="epoch": reported by the workers, so it stays right after a trial is retried from a checkpoint
-    return ASHAScheduler(time_attr="epoch", metric=obj.metric, mode=obj.mode, max_t=epochs,
-                         grace_period=min(grace, epochs), reduction_factor=cfg.reduction_factor)
+    return ASHAScheduler(
+        time_attr="epoch",
+        metric=obj.metric,
+        mode=obj.mode,
+        max_t=epochs,
+        grace_period=min(grace, epochs),
+        reduction_factor=cfg.reduction_factor,
+    )
 
 
 def _searcher(cfg: SweepConfig, space):
@@ -406,17 +443,25 @@ def _point_valid(point: Mapping[str, Any], cfg: SweepConfig) -> bool:
 def _tune_run_config(cfg: SweepConfig, callbacks: list):
     from ray import tune
 
-    return tune.RunConfig(name=cfg.name, storage_path=cfg.storage_path,
-                          failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
-                          checkpoint_config=tune.CheckpointConfig(num_to_keep=2), callbacks=callbacks, verbose=0)
+    return tune.RunConfig(
+        name=cfg.name,
+        storage_path=cfg.storage_path,
+        failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        callbacks=callbacks,
+        verbose=0,
+    )
 
 
 def write_sweep_file(cfg: SweepConfig) -> None:
     """Save the SweepConfig beside Tune's experiment state (any storage pyarrow understands)."""
     import pyarrow.fs
 
-    fs, path = pyarrow.fs.FileSystem.from_uri(cfg.experiment_path if not cfg.is_local_storage
-                                              else str(Path(cfg.experiment_path.removeprefix("file://")).resolve()))
+    fs, path = pyarrow.fs.FileSystem.from_uri(
+        cfg.experiment_path
+        if not cfg.is_local_storage
+        else str(Path(cfg.experiment_path.removeprefix("file://")).resolve())
+    )
     fs.create_dir(path, recursive=True)
     with fs.open_output_stream(f"{path}/{SWEEP_FILE}") as f:
         f.write(cfg.to_json().encode())
@@ -443,9 +488,13 @@ def build_tuner(cfg: SweepConfig, *, concurrency: int, callbacks: list | None = 
     space = load_space(cfg.space)
     return tune.Tuner(
         _trainable(cfg),
-        tune_config=tune.TuneConfig(search_alg=_searcher(cfg, space), scheduler=_scheduler(cfg),
-                                    num_samples=cfg.trials * cfg.repeats, max_concurrent_trials=concurrency,
-                                    reuse_actors=cfg.resolved_executor == "inline"),
+        tune_config=tune.TuneConfig(
+            search_alg=_searcher(cfg, space),
+            scheduler=_scheduler(cfg),
+            num_samples=cfg.trials * cfg.repeats,
+            max_concurrent_trials=concurrency,
+            reuse_actors=cfg.resolved_executor == "inline",
+        ),
         run_config=_tune_run_config(cfg, callbacks or []),
     )
 
@@ -454,8 +503,13 @@ def restore_tuner(cfg: SweepConfig, *, callbacks: list | None = None):
     """Tuner.restore for a sweep whose driver died: unfinished and errored trials resume from their checkpoints."""
     from ray import tune
 
-    return tune.Tuner.restore(cfg.experiment_path, trainable=_trainable(cfg), resume_unfinished=True,
-                              resume_errored=True, restart_errored=False)
+    return tune.Tuner.restore(
+        cfg.experiment_path,
+        trainable=_trainable(cfg),
+        resume_unfinished=True,
+        resume_errored=True,
+        restart_errored=False,
+    )
 
 
 def fail_orphaned_study_trials(cfg: SweepConfig) -> int:
@@ -476,4 +530,3 @@ def fail_orphaned_study_trials(cfg: SweepConfig) -> int:
         storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
         n += 1
     return n
-
