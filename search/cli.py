@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from search.cluster import address_from_env
 from trainables.config import ConfigError, TrainConfig, describe_fields, parse_overrides
 
 __all__ = ["main"]
@@ -49,11 +50,15 @@ def _settings_help() -> str:
     return "\n\n".join(parts)
 
 
+#: --address defaults to $RAY_ADDRESS, so `ray job submit -- csweep run ...` joins the cluster it runs on.
+ADDRESS_HELP = "join this Ray cluster instead of starting a local one (default: $RAY_ADDRESS, set by `ray job submit`)"
+
+
 def _add_resource_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers per trial (DDP world size)")
     p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs each worker holds (torch threads)")
     p.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs each worker holds (0 = CPU, gloo)")
-    p.add_argument("--address", default=None, help="join this Ray cluster instead of starting a local one")
+    p.add_argument("--address", default=address_from_env(), help=ADDRESS_HELP)
     p.add_argument(
         "--storage-path",
         default=None,
@@ -155,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     resume.add_argument("name", help="sweep name or experiment path")
     resume.add_argument("--storage-path", default=None, help="where the sweep lives (default ./results)")
-    resume.add_argument("--address", default=None, help="join this Ray cluster instead of starting a local one")
+    resume.add_argument("--address", default=address_from_env(), help=ADDRESS_HELP)
 
     status = sub.add_parser("status", help="print the trials table of a running or finished sweep")
     status.add_argument("name", help="sweep name or experiment path")

@@ -151,17 +151,17 @@ def init_ray(
 
     A local Ray gets ``driver_slots`` units of the ``trial_driver`` resource (default: its CPU count) and the
     dashboard process, whose State API Train's placement-group cleaner needs (leaked placement groups otherwise hang
-    sweeps). Joining a cluster started with ``ray start`` (token auth since Ray 2.59) sets ``RAY_AUTH_MODE=token``.
+    sweeps). Joining a cluster by address matches its authentication (see :func:`_match_auth_mode`).
     ``log_to_driver`` forwards the workers' output (per-epoch progress lines) to this process.
     """
     for key, value in RAY_ENV.items():
         os.environ.setdefault(key, value)
-    if address:
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
     import ray
 
     if ray.is_initialized():
         return ray
+    if address:
+        _match_auth_mode(address)
     kwargs: dict[str, Any] = dict(
         runtime_env={"env_vars": dict(RAY_ENV)},
         log_to_driver=log_to_driver,
@@ -181,6 +181,32 @@ def init_ray(
         **kwargs,
     )
     return ray
+
+
+def _match_auth_mode(address: str) -> None:
+    """Put this process in the authentication mode of the cluster at ``address`` (unless ``RAY_AUTH_MODE`` is set).
+
+    A cluster started with ``ray start`` while ``~/.ray/auth_token`` exists requires token auth (Ray >= 2.59): a
+    driver without it fails with InvalidAuthToken. One started without it (``ray.cluster_utils.Cluster``, or
+    ``RAY_AUTH_MODE=disabled``) must be joined without it: a token-mode driver connects, but the cluster's calls back
+    into the driver carry no token, so every actor it creates dies at once ("all references to the actor were
+    removed"). A plain GCS request (~0.05 s) tells them apart.
+    """
+    if os.environ.get("RAY_AUTH_MODE") or address.startswith("ray://"):
+        return
+    from ray._raylet import GcsClient
+    from ray.exceptions import AuthenticationError
+
+    try:
+        import ray._private.services as services
+
+        GcsClient(address=services.canonicalize_bootstrap_address_or_die(address))
+    except AuthenticationError:
+        from ray._private.authentication.authentication_token_setup import _enable_token_auth
+
+        _enable_token_auth()  # sets RAY_AUTH_MODE=token and reloads Ray's config in this process
+    except Exception:  # unreachable or malformed: ray.init reports it
+        return
 
 
 def address_from_env() -> str | None:
@@ -221,19 +247,26 @@ def autoscaler_node_types() -> tuple[list[tuple[dict[str, float], int]] | None, 
         if kinds:
             return kinds, sum(n for _, n in kinds)
     try:
-        raw = _internal_kv_get("__autoscaling_status")  # written by the v1 monitor every update
+        raw = _internal_kv_get("__autoscaling_status")  # written by the v1 monitor after every update
         status = json.loads(raw) if raw else None
     except Exception:
         status = None
     if not status or not status.get("autoscaler_report"):
         return None
-    path = _monitor_config_path(status.get("monitor_pid"))
-    if path is None:
-        return None, 0
+    args = _monitor_args(status.get("monitor_pid"))
+    if args is None:  # not on the head node: judge by the node types the monitor reports
+        report = status["autoscaler_report"]
+        seen = set((report.get("node_type_mapping") or {}).values()) | set(report.get("active_nodes") or {})
+        return None if all(t.startswith("node_") for t in seen) else (None, 0)  # node_<id>: read-only, no autoscaler
+    path = next((a.split("=", 1)[1] for a in args if a.startswith("--autoscaling-config=")), None)
+    if path is None and "--autoscaling-config" in args[:-1]:
+        path = args[args.index("--autoscaling-config") + 1]
+    if path is None:  # a monitor without a config watches a fixed set of nodes
+        return None
     try:
         import yaml
 
-        cfg = yaml.safe_load(Path(path).read_text())
+        cfg = yaml.safe_load(Path(os.path.expanduser(path)).read_text())
     except (OSError, ValueError):
         return None, 0
     head = cfg.get("head_node_type")
@@ -248,18 +281,13 @@ def autoscaler_node_types() -> tuple[list[tuple[dict[str, float], int]] | None, 
     return kinds, int(cfg.get("max_workers", sum(n for _, n in kinds)))
 
 
-def _monitor_config_path(pid: Any) -> str | None:
-    """The ``--autoscaling-config`` file of the autoscaler monitor process ``pid`` on this node, if readable."""
+def _monitor_args(pid: Any) -> list[str] | None:
+    """The command line of Ray's autoscaler monitor process ``pid`` if it runs on this node."""
     try:
         args = Path(f"/proc/{int(pid)}/cmdline").read_bytes().decode().split("\0")
     except (OSError, TypeError, ValueError):
         return None
-    for i, arg in enumerate(args):
-        if arg.startswith("--autoscaling-config="):
-            return os.path.expanduser(arg.split("=", 1)[1])
-        if arg == "--autoscaling-config" and i + 1 < len(args):
-            return os.path.expanduser(args[i + 1])
-    return None
+    return args if any(a.endswith("monitor.py") for a in args) else None
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -300,10 +300,13 @@ def _trainable(cfg: SweepConfig):
 
 
 def capacity(cfg: SweepConfig, cluster: ClusterResources) -> int:
-    """How many trials the cluster can run at once."""
+    """How many trials the cluster can run at once (with an autoscaler: once every node it may add is up; when its
+    node types are unknown, one per trial-driver slot)."""
     per_trial = cfg.resources
+    if cluster.autoscaling and cluster.addable is None:
+        return max(1, int(cluster.total(DRIVER_RESOURCE)))
     slots = []
-    for node in cluster.nodes:
+    for node in cluster.at_peak().nodes:
         fits = [int(node.get(k, 0.0) // v) for k, v in per_trial.worker_bundle.items() if v]
         slots.append(min(fits) if fits else 0)
     workers = sum(slots)
