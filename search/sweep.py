@@ -159,7 +159,8 @@ class SweepConfig:
             return self.study_storage
         if self.is_local_storage:
             return f"sqlite:///{Path(self.experiment_path.removeprefix('file://'))}/study.db"
-        return f"sqlite:///{Path('results').resolve() / self.name}/study.db"
+        # remote storage: keep the study on the driver node (a job's working dir is temporary)
+        return f"sqlite:///{Path.home() / '.csweep' / 'studies' / self.name}.db"
 
     @property
     def epochs(self) -> int:
