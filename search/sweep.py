@@ -350,8 +350,7 @@ def validate_sweep(
         else:
             _spec(fixed, sampled)
         study.tell(trial, 0.0)
-    if cfg.study_storage is None and cfg.study_url.startswith("sqlite:///"):
-        Path(cfg.study_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    _make_default_study_dir(cfg)
     try:
         optuna.storages.RDBStorage(cfg.study_url)
     except Exception as e:
@@ -364,6 +363,12 @@ def validate_sweep(
                 f"`resources`: Train-based trials need the custom resource {DRIVER_RESOURCE!r} on the "
                 f"node that runs trial drivers (see cluster.yaml); the cluster has {cluster.describe()}"
             )
+
+
+def _make_default_study_dir(cfg: SweepConfig) -> None:
+    """Create the directory of the default SQLite study (the user's own URL is taken as given)."""
+    if cfg.study_storage is None and cfg.study_url.startswith("sqlite:///"):
+        Path(cfg.study_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
 
 
 def _sampler(cfg: SweepConfig):
@@ -420,6 +425,7 @@ def _searcher(cfg: SweepConfig, space):
 
     metrics = [o.metric for o in cfg.objective]
     modes = [o.mode for o in cfg.objective]
+    _make_default_study_dir(cfg)
     searcher = _Search(
         space=functools.partial(space.space, fixed=dict(cfg.fixed)),
         metric=metrics[0] if len(metrics) == 1 else metrics,
