@@ -76,7 +76,9 @@ def test_one_step_contract(name, digits):
 #: Per-method settings for the short run (CE's recipe lr of 0.8 is for batch 1024 on CIFAR).
 SHORT_RUN = {"supcon": {"lr": 0.05, "crop_scale_min": 0.5},
              "simclr": {"lr": 0.05, "temperature": 0.1, "crop_scale_min": 0.5},
-             "ce": {"lr": 0.05}}
+             "ce": {"lr": 0.05},
+             "sigmoid": {"lr": 2e-3, "beta": 0.0, "crop_scale_min": 0.5, "local_crop_scale_min": 0.3,
+                         "num_local_views": 2}}
 
 
 @pytest.mark.slow

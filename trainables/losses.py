@@ -13,6 +13,8 @@ SupCon, SimCLR and SelfCon share :func:`supcon_loss` (Khosla et al., 2020, eq. 2
 Under DDP each rank gathers the global batch with :func:`trainables.distributed.gather_with_grad` and passes its own
 samples as ``anchor_index`` (:func:`trainables.distributed.local_rows`): every rank contrasts its anchors against
 the whole global batch, and the mean of the per-rank losses is the global loss.
+
+The sigmoid-contrastive method (ReLIC with SigLIP's pairwise loss) uses :func:`sigmoid_pairwise_loss`.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-__all__ = ["supcon_loss"]
+__all__ = ["sigmoid_pairwise_loss", "supcon_loss"]
 
 ContrastMode = Literal["all", "one"]
 
@@ -144,3 +146,84 @@ def _anchor_samples(anchor_index: slice | Tensor | None, batch: int, device: tor
     if samples.numel() == 0:
         raise ValueError(f"`anchor_index` must select at least one of the B={batch} samples, but got {anchor_index!r}")
     return samples
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Sigmoid pairwise loss (SigLIP's loss with a confidence penalty, after filipbasara0/sigmoid-contrastive-loss)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def sigmoid_pairwise_loss(
+    x: Tensor,
+    x_prime: Tensor,
+    *,
+    log_temperature: Tensor | float,
+    bias: Tensor | float,
+    gamma: float = 0.0,
+    alpha: float = 0.0,
+    max_scale: float = 5.0,
+    filter_threshold: float | None = None,
+) -> Tensor:
+    """Sigmoid pairwise contrastive loss with a confidence penalty ``gamma`` and a KL invariance term ``alpha``.
+
+    Both inputs are L2-normalised here. With ``s = min(exp(t), max_scale)``::
+
+        logits_ij = s * <x_i, x'_j> + b                        y_ij = +1 if i == j else -1
+        L = -(1/n) * sum_ij (1 - sigmoid(y_ij * logits_ij))^gamma * log sigmoid(y_ij * logits_ij) + alpha * KL
+        KL = kl_div(log_softmax(logits, dim=1), softmax(logits, dim=0).T, reduction="batchmean")
+
+    ``gamma = 0`` is SigLIP's plain sigmoid loss; ``gamma > 0`` down-weights pairs that are already classified
+    confidently, like a focal loss (the penalty is differentiated through, as in the reference). The KL term compares
+    row ``a``'s softmax over targets with column ``a``'s softmax over online projections. ``log sigmoid`` is computed
+    with ``logsigmoid`` and the penalty as ``exp(gamma * logsigmoid(-y * logits))`` (``1 - sigmoid(z) = sigmoid(-z)``),
+    so both stay finite for any logit. Computed in at least float32.
+
+    Penalty filtering (``filter_threshold`` not None): negative pairs whose penalty ``(1 - p_ij)^gamma`` is
+    ``<= filter_threshold`` contribute nothing (positives are always kept); the sum is still divided by ``n``.
+
+    Args:
+        x: online projections ``[n, d]``.
+        x_prime: target projections ``[n, d]``; row ``i`` is the positive of ``x[i]``.
+        log_temperature: ``t``, a scalar (tensor, usually a learnable parameter); the scale is ``min(e^t, max_scale)``.
+        bias: ``b``, a scalar (tensor, usually a learnable parameter).
+        gamma: confidence-penalty exponent, ``>= 0``.
+        alpha: weight of the KL invariance term, ``>= 0``.
+        max_scale: upper clamp of ``e^t``, ``> 0``.
+        filter_threshold: drop negatives with penalty ``<=`` this value; None keeps every pair.
+
+    Returns:
+        Scalar loss.
+    """
+    if x.ndim != 2 or x_prime.shape != x.shape:
+        raise ValueError(f"`x` and `x_prime` must both have shape [n, d], but got shapes {tuple(x.shape)} and "
+                         f"{tuple(x_prime.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"`x` must hold at least one row, but got shape {tuple(x.shape)}")
+    if not gamma >= 0:
+        raise ValueError(f"`gamma >= 0` must hold, but got gamma={gamma!r}")
+    if not alpha >= 0:
+        raise ValueError(f"`alpha >= 0` must hold, but got alpha={alpha!r}")
+    if not max_scale > 0:
+        raise ValueError(f"`max_scale > 0` must hold, but got max_scale={max_scale!r}")
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    t = torch.as_tensor(log_temperature, dtype=dtype, device=x.device)
+    b = torch.as_tensor(bias, dtype=dtype, device=x.device)
+    if t.numel() != 1 or b.numel() != 1:
+        raise ValueError(f"`log_temperature` and `bias` must be scalars, but got shapes {tuple(t.shape)} and "
+                         f"{tuple(b.shape)}")
+    n = x.shape[0]
+    x = torch.nn.functional.normalize(x.to(dtype), dim=1)
+    x_prime = torch.nn.functional.normalize(x_prime.to(dtype), dim=1)
+    logits = t.exp().clamp(max=max_scale).reshape(()) * (x @ x_prime.T) + b.reshape(())  # [n, n]
+    positive = torch.eye(n, dtype=torch.bool, device=x.device)
+    signed = torch.where(positive, logits, -logits)  # y_ij * logits_ij
+    log_p = torch.nn.functional.logsigmoid(signed)  # log sigmoid(y * logits)
+    terms = log_p if gamma == 0 else torch.exp(gamma * torch.nn.functional.logsigmoid(-signed)) * log_p
+    if filter_threshold is not None:
+        penalty = torch.exp(gamma * torch.nn.functional.logsigmoid(-signed.detach()))
+        terms = terms.masked_fill(~positive & (penalty <= filter_threshold), 0.0)
+    loss = -terms.sum() / n
+    if alpha:
+        kl = torch.nn.functional.kl_div(logits.log_softmax(dim=1), logits.softmax(dim=0).T, reduction="batchmean")
+        loss = loss + alpha * kl
+    return loss

@@ -15,6 +15,7 @@ antialiases when a crop shrinks), which only matters for crops much larger than 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ __all__ = [
     "AugmentConfig",
     "BatchAugment",
     "eval_transform",
+    "local_view_size",
+    "multicrop",
     "relic_global",
     "relic_local",
     "supcon_augment",
@@ -141,6 +144,37 @@ def relic_local(size: int) -> AugmentConfig:
         raise _fail("size", "int(size * 3 / 7) >= 1 (the local crop side)", size)
     return AugmentConfig(size=local, scale=(0.05, 1.0), flip_p=0.5, jitter=(0.8, 0.8, 0.8, 0.2), jitter_p=0.8,
                          grayscale_p=0.2, blur_p=1.0, blur_kernel=_default_kernel(size), solarize_p=0.0)
+
+
+def local_view_size(size: int, ratio: float = 3 / 7) -> int:
+    """Side of a local view of images of side ``size``: ``int(size * ratio)`` (truncated, as the seed's
+    ``int(image_size * 3 / 7)``; 6 px for 16 px digits, 13 for CIFAR, 41 for STL-10). May be 0: callers validate."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise _fail("size", "size >= 1 (an integer)", size)
+    if not 0 < ratio <= 1:
+        raise _fail("ratio", "0 < ratio <= 1", ratio)
+    return int(size * ratio)
+
+
+def multicrop(size: int, num_global: int, num_local: int, *, local_ratio: float = 3 / 7,
+              global_scale: tuple[float, float] = (0.1, 1.0),
+              local_scale: tuple[float, float] = (0.05, 1.0)) -> list[AugmentConfig]:
+    """Multi-crop pipelines (Caron et al., 2020; the sigmoid-contrastive seed's ``ViewGenerator``): ``num_global``
+    :func:`relic_global` views of side ``size`` followed by ``num_local`` :func:`relic_local` views of side
+    ``local_view_size(size, local_ratio)``, with crop area scales ``global_scale`` and ``local_scale`` (the seed's
+    0.1-1 and 0.05-1 by default). One config per view, in that order; feed each to a :class:`BatchAugment`
+    (``Method.views`` does)."""
+    for field, value in (("num_global", num_global), ("num_local", num_local)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise _fail(field, f"{field} >= 0 (an integer)", value)
+    views = [dataclasses.replace(relic_global(size), scale=global_scale)] * num_global
+    if num_local:
+        side = local_view_size(size, local_ratio)
+        if side < 1:
+            raise _fail("local_ratio", f"int(size * local_ratio) >= 1 (the local crop side) with size={size}",
+                        local_ratio)
+        views += [dataclasses.replace(relic_local(size), size=side, scale=local_scale)] * num_local
+    return views
 
 
 # -- tensor helpers ----------------------------------------------------------------------------------------------------
