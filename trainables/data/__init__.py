@@ -4,13 +4,23 @@ from trainables.data.augment import (
     AugmentConfig,
     BatchAugment,
     eval_transform,
+    local_view_size,
+    multicrop,
     relic_global,
     relic_local,
     supcon_augment,
     to_lab,
     to_ycbcr,
 )
-from trainables.data.datasets import DATASETS, DataError, ImageData, Split, check_dataset, load_dataset
+from trainables.data.datasets import (
+    DATASETS,
+    DataError,
+    ImageData,
+    Split,
+    check_dataset,
+    default_image_size,
+    load_dataset,
+)
 
 __all__ = [
     "DATASETS",
@@ -20,8 +30,11 @@ __all__ = [
     "ImageData",
     "Split",
     "check_dataset",
+    "default_image_size",
     "eval_transform",
     "load_dataset",
+    "local_view_size",
+    "multicrop",
     "relic_global",
     "relic_local",
     "supcon_augment",

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DATASETS", "DataError", "ImageData", "Split", "check_dataset", "load_dataset"]
+__all__ = ["DATASETS", "DataError", "ImageData", "Split", "check_dataset", "default_image_size", "load_dataset"]
 
 #: Names :func:`load_dataset` accepts.
 DATASETS: tuple[str, ...] = ("digits", "cifar10", "cifar100", "stl10", "tinyimagenet", "imagenet", "imagenet100",
@@ -130,6 +130,12 @@ _SPECS: dict[str, _Spec] = {
     "folder": _Spec(None, None, None),
 }
 _DOWNLOADABLE = ("cifar10", "cifar100", "stl10")
+
+
+def default_image_size(name: str) -> int | None:
+    """The side a dataset's images have unless ``size`` says otherwise (None: it must be given, e.g. ``folder``)."""
+    spec = _SPECS.get(name)
+    return spec.size if spec is not None else None
 _CHANNELS = 3  # every dataset is RGB (digits and grayscale images are replicated to three channels)
 
 

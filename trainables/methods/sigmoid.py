@@ -195,10 +195,9 @@ def _native_image_size(train: TrainConfig) -> int | None:
     """The side of the training images: ``image_size`` when set, else the dataset's default (None if unknown)."""
     if train.image_size is not None:
         return train.image_size
-    from trainables.data.datasets import _SPECS  # no public accessor yet for a dataset's default size
+    from trainables.data import default_image_size
 
-    spec = _SPECS.get(train.dataset)
-    return spec.size if spec is not None else None
+    return default_image_size(train.dataset)
 
 
 @register_method
