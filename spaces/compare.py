@@ -30,5 +30,4 @@ def available() -> list[str]:
 
 def space(trial: Any, fixed: Mapping[str, Any]) -> dict[str, Any]:
     method = trial.suggest_categorical("method", available())
-    importlib.import_module(f"spaces.{method}").params(trial, fixed)
-    return {}
+    return importlib.import_module(f"spaces.{method}").params(trial, fixed) or {}

@@ -33,7 +33,7 @@ def _bad_cifar(tmp_path):
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
-        (["byol"], "`method` must be one of ce, simclr, supcon"),
+        (["byol"], "`method` must be one of ce, selfcon, sigmoid, simclr, supcon"),
         (["supcon", "--dataset", "mnist"], "`dataset` must be one of"),
         (["supcon", "--set", "tau=0.1"], "unknown setting `tau`"),
         (["supcon", "--set", "temperature=0"], "temperature"),

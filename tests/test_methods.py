@@ -77,6 +77,7 @@ def test_one_step_contract(name, digits):
 SHORT_RUN = {"supcon": {"lr": 0.05, "crop_scale_min": 0.5},
              "simclr": {"lr": 0.05, "temperature": 0.1, "crop_scale_min": 0.5},
              "ce": {"lr": 0.05},
+             "selfcon": {"lr": 0.05, "crop_scale_min": 0.5, "head": "mlp_bn", "selfcon_size": "same"},
              "sigmoid": {"lr": 2e-3, "beta": 0.0, "crop_scale_min": 0.5, "local_crop_scale_min": 0.3,
                          "num_local_views": 2}}
 

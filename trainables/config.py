@@ -65,7 +65,7 @@ class TrainConfig:
     mean: tuple[float, ...] | None = None  # per-channel mean for folder datasets; None = dataset default
     std: tuple[float, ...] | None = None  # per-channel std for folder datasets; None = dataset default
     # model
-    backbone: str = "resnet18"  # resnet18 | resnet34 | resnet50 | resnet101
+    backbone: str = "resnet18"  # resnet18/34/50/101, vgg13(_bn), vgg16(_bn), wrn16_8, effnet_small
     width: float = 1.0  # channel-width multiplier of the backbone (tiny nets for tests: 0.125)
     stem: Literal["auto", "cifar", "imagenet"] = "auto"  # auto: CIFAR stem for images <= 64 px
     sync_bn: bool = False  # synchronise BatchNorm statistics across workers (DDP, world size > 1)
@@ -178,7 +178,13 @@ def _coerce(cls: type, name: str, value: Any, annotation: Any) -> Any:
             raise ConfigError(f"`{name}` must be one of {', '.join(map(str, args))}; got {name}={value!r}")
         return value
     if origin is tuple:
-        if isinstance(value, str) or not isinstance(value, Iterable):
+        if isinstance(value, str):  # a YAML flow list from a search space: "[false, true, false]"
+            try:
+                parsed = yaml.safe_load(value)
+            except yaml.YAMLError:
+                parsed = None
+            value = parsed if isinstance(parsed, list) else [value]
+        if not isinstance(value, Iterable):
             value = [value]
         item_type = args[0] if args else Any
         return tuple(_coerce(cls, name, v, item_type) for v in value)

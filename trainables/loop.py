@@ -67,7 +67,7 @@ def check_data(spec: TrialSpec, data: ImageData) -> None:
     if spec.train.batch_size > len(data.train):
         raise ConfigError(f"`batch_size` must be at most the {len(data.train)} training images of "
                           f"{data.name}, but got batch_size={spec.train.batch_size}")
-    if get_method(spec.method).uses_labels and (np.asarray(data.train.labels) < 0).any():
+    if get_method(spec.method).needs_labels(spec.method_config) and (np.asarray(data.train.labels) < 0).any():
         raise ConfigError(f"`method={spec.method}` needs labels, but {data.name}'s training split has unlabeled "
                           "images; use a self-supervised method or a labelled dataset")
 

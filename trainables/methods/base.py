@@ -87,6 +87,11 @@ class Method(ABC):
         self.data = data
 
     @classmethod
+    def needs_labels(cls, config: Any) -> bool:
+        """Whether this configuration's loss reads class labels (default: ``uses_labels``)."""
+        return cls.uses_labels
+
+    @classmethod
     def validate(cls, config: Any, train: TrainConfig) -> None:
         """Check what depends on both configs (e.g. exit positions vs backbone); raise ConfigError naming the field.
         Called by ``TrialSpec.from_settings`` before anything runs. Default: nothing to check."""

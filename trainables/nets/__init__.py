@@ -1,34 +1,70 @@
-"""Backbones with named stages and attach points, and projection heads.
+"""Backbones with named stages and attach points, SelfCon exits, and projection heads.
 
-``build_backbone(name, ...)`` builds a registered backbone (``BACKBONES`` lists them); ``ProjectionHead`` maps its
-feature to the loss space.
+``build_backbone(name, ...)`` builds a registered backbone (``BACKBONES`` lists them; ``backbone_info(name)`` gives
+its family and attach points without building it). Families: ResNet-18/34/50/101 (``resnet``), VGG-13/16 with and
+without BN (``vgg``), WRN-16-8 (``wrn``) and ``effnet_small`` (``efficientnet``). ``ProjectionHead`` maps a feature
+to the loss space; ``MultiExitNet`` adds SelfCon exits to a backbone.
 """
 
-from trainables.nets.heads import HEAD_KINDS, ProjectionHead
-from trainables.nets.resnet import (
+from trainables.nets._registry import (
     BACKBONES,
-    BasicBlock,
-    Bottleneck,
-    ResNet,
+    FAMILIES,
+    Backbone,
+    BackboneInfo,
+    backbone_info,
     build_backbone,
     register_backbone,
-    resnet18,
-    resnet34,
-    resnet50,
-    resnet101,
 )
+
+# isort: off
+# Import order is registration order, which is the order error messages list the backbones in: ResNets first.
+from trainables.nets.resnet import BasicBlock, Bottleneck, ResNet, resnet18, resnet34, resnet50, resnet101
+from trainables.nets.vgg import VGG, vgg13, vgg13_bn, vgg16, vgg16_bn
+from trainables.nets.wrn import WideResNet, wrn16_8
+from trainables.nets.efficientnet import EfficientNet, effnet_small
+# isort: on
+from trainables.nets.exits import (
+    EXIT_HEAD_KINDS,
+    EXIT_SIZES,
+    Exit,
+    MultiExitNet,
+    build_exit,
+    exit_names,
+    projection_head,
+)
+from trainables.nets.heads import HEAD_KINDS, ProjectionHead
 
 __all__ = [
     "BACKBONES",
+    "EXIT_HEAD_KINDS",
+    "EXIT_SIZES",
+    "FAMILIES",
     "HEAD_KINDS",
+    "VGG",
+    "Backbone",
+    "BackboneInfo",
     "BasicBlock",
     "Bottleneck",
+    "EfficientNet",
+    "Exit",
+    "MultiExitNet",
     "ProjectionHead",
     "ResNet",
+    "WideResNet",
+    "backbone_info",
     "build_backbone",
+    "build_exit",
+    "effnet_small",
+    "exit_names",
+    "projection_head",
     "register_backbone",
     "resnet18",
     "resnet34",
     "resnet50",
     "resnet101",
+    "vgg13",
+    "vgg13_bn",
+    "vgg16",
+    "vgg16_bn",
+    "wrn16_8",
 ]

@@ -1,79 +1,30 @@
-"""ResNet-18/34/50/101 backbones with named stages, and the backbone registry.
+"""ResNet-18/34/50/101 backbones with named stages (family ``resnet``).
 
 The network is ``stem -> layer1 -> layer2 -> layer3 -> layer4 -> global average pool``, each part a named submodule,
 so that a SelfCon exit can hang after any of ``attach_points`` and copy the stages that follow. The "cifar" stem
 (3x3 conv, stride 1, no max-pool) keeps 32 px inputs at full resolution in ``layer1``; the "imagenet" stem
 (7x7 conv, stride 2, 3x3 max-pool) divides the resolution by 4. ``width`` scales every stage's base width
-(64, 128, 256, 512).
+(64, 128, 256, 512). The registry itself lives in ``trainables.nets._registry``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
-from types import MappingProxyType
-from typing import Literal, TypeVar
-
-import torch
 from torch import Tensor, nn
 
-__all__ = [
-    "BACKBONES",
-    "BasicBlock",
-    "Bottleneck",
-    "ResNet",
-    "build_backbone",
-    "register_backbone",
-    "resnet18",
-    "resnet34",
-    "resnet50",
-    "resnet101",
-]
+from trainables.nets._registry import (
+    Backbone,
+    Stem,
+    TailSize,
+    check_backbone_args,
+    register_backbone,
+    scale_width,
+    small_depth,
+)
 
-Stem = Literal["cifar", "imagenet"]
-STEMS: tuple[str, ...] = ("cifar", "imagenet")
+__all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet18", "resnet34", "resnet50", "resnet101"]
+
 BASE_WIDTHS: tuple[int, int, int, int] = (64, 128, 256, 512)
-
-# --------------------------------------------------------------------------------------------------------------------
-# Registry
-# --------------------------------------------------------------------------------------------------------------------
-
-BackboneFactory = Callable[..., nn.Module]
-_F = TypeVar("_F", bound=BackboneFactory)
-_REGISTRY: dict[str, BackboneFactory] = {}
-
-BACKBONES: Mapping[str, BackboneFactory] = MappingProxyType(_REGISTRY)
-"""Read-only, live view of the registered backbones: name -> factory. ``tuple(BACKBONES)`` lists the names."""
-
-
-def register_backbone(name: str) -> Callable[[_F], _F]:
-    """Decorator registering ``factory(*, stem, width, in_channels, zero_init_residual) -> nn.Module`` as ``name``."""
-
-    def decorator(factory: _F) -> _F:
-        if name in _REGISTRY:
-            raise ValueError(f"`name` must be unique, but backbone {name!r} is already registered")
-        _REGISTRY[name] = factory
-        return factory
-
-    return decorator
-
-
-def build_backbone(
-    name: str,
-    *,
-    stem: Stem = "cifar",
-    width: float = 1.0,
-    in_channels: int = 3,
-    zero_init_residual: bool = False,
-) -> nn.Module:
-    """Build the registered backbone ``name``.
-
-    The module maps ``x [B, in_channels, H, W]`` to ``[B, feature_dim]`` and exposes ``feature_dim``,
-    ``stage_names``, ``attach_points``, ``stage_channels`` and ``forward_features(x, taps)``.
-    """
-    if name not in _REGISTRY:
-        raise ValueError(f"`backbone` must be one of {sorted(_REGISTRY)}, but got backbone={name!r}")
-    return _REGISTRY[name](stem=stem, width=width, in_channels=in_channels, zero_init_residual=zero_init_residual)
-
+ATTACH_POINTS: tuple[str, ...] = ("layer1", "layer2", "layer3")
 
 # --------------------------------------------------------------------------------------------------------------------
 # Blocks
@@ -150,7 +101,7 @@ Block = type[BasicBlock] | type[Bottleneck]
 # --------------------------------------------------------------------------------------------------------------------
 
 
-class ResNet(nn.Module):
+class ResNet(Backbone):
     """ResNet backbone without a classifier: ``x [B, in_channels, H, W] -> [B, feature_dim]``.
 
     Attributes:
@@ -160,8 +111,9 @@ class ResNet(nn.Module):
         stage_channels: output channels of each stage.
     """
 
+    family = "resnet"
     stage_names: tuple[str, ...] = ("layer1", "layer2", "layer3", "layer4")
-    attach_points: tuple[str, ...] = ("layer1", "layer2", "layer3")
+    attach_points: tuple[str, ...] = ATTACH_POINTS
 
     def __init__(
         self,
@@ -174,65 +126,60 @@ class ResNet(nn.Module):
         zero_init_residual: bool = False,
     ) -> None:
         super().__init__()
-        if stem not in STEMS:
-            raise ValueError(f"`stem` must be one of {list(STEMS)}, but got stem={stem!r}")
-        if not width > 0:
-            raise ValueError(f"`width > 0` must hold, but got width={width!r}")
-        if in_channels < 1:
-            raise ValueError(f"`in_channels >= 1` must hold, but got in_channels={in_channels!r}")
+        check_backbone_args(stem=stem, width=width, in_channels=in_channels)
         if len(num_blocks) != len(self.stage_names) or min(num_blocks) < 1:
             raise ValueError(f"`num_blocks` must be 4 positive counts, but got num_blocks={num_blocks!r}")
-        widths = [max(1, round(base * width)) for base in BASE_WIDTHS]
+        self.block = block
+        self.num_blocks = tuple(num_blocks)
+        self.widths = tuple(scale_width(base, width) for base in BASE_WIDTHS)
+        self.zero_init_residual = zero_init_residual
 
-        self.stem = _make_stem(stem, in_channels, widths[0])
-        in_planes = widths[0]
+        self.stem = _make_stem(stem, in_channels, self.widths[0])
+        in_planes = self.widths[0]
         self.stage_channels: dict[str, int] = {}
-        for index, (name, planes, blocks) in enumerate(zip(self.stage_names, widths, num_blocks)):
-            stride = 1 if index == 0 else 2
-            layers = []
-            for block_stride in [stride] + [1] * (blocks - 1):
-                layers.append(block(in_planes, planes, stride=block_stride))
-                in_planes = planes * block.expansion
-            self.add_module(name, nn.Sequential(*layers))
+        for index, (name, blocks) in enumerate(zip(self.stage_names, num_blocks)):
+            self.add_module(name, self._make_stage(index, in_planes, blocks))
+            in_planes = self.widths[index] * block.expansion
             self.stage_channels[name] = in_planes
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.final = nn.Identity()
         self.feature_dim = in_planes
-        self._init_weights(zero_init_residual=zero_init_residual)
+        _init_weights(self, zero_init_residual=zero_init_residual)
 
-    def _init_weights(self, *, zero_init_residual: bool) -> None:
-        """Kaiming-normal convs (fan_out, ReLU), unit BN; optionally zero the last BN of every residual branch so each
-        block starts as the identity (Goyal et al., 2017)."""
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d | nn.GroupNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-        if zero_init_residual:
-            for module in self.modules():
-                if isinstance(module, BasicBlock | Bottleneck):
-                    nn.init.zeros_(module.last_bn.weight)
+    def _make_stage(self, index: int, in_planes: int, blocks: int) -> nn.Sequential:
+        """Stage ``index``: ``blocks`` blocks of width ``widths[index]``, the first strided (except in layer1)."""
+        planes = self.widths[index]
+        layers = []
+        for block_stride in [1 if index == 0 else 2] + [1] * (blocks - 1):
+            layers.append(self.block(in_planes, planes, stride=block_stride))
+            in_planes = planes * self.block.expansion
+        return nn.Sequential(*layers)
 
-    def forward_features(self, x: Tensor, taps: Iterable[str] = ()) -> tuple[Tensor, dict[str, Tensor]]:
-        """Run the network, keeping the maps after the stages named in ``taps``.
+    def build_tail(self, after: str, *, size: TailSize) -> tuple[nn.Module, int]:
+        """Fresh copies of the stages after ``after`` (``small``: ``max(1, n // 2)`` blocks each); see Backbone."""
+        start = self._check_tail(after, size) + 1
+        tail = nn.Sequential()
+        in_planes = self.stage_channels[after]
+        for index in range(start, len(self.stage_names)):
+            blocks = self.num_blocks[index] if size == "same" else small_depth(self.num_blocks[index])
+            tail.add_module(self.stage_names[index], self._make_stage(index, in_planes, blocks))
+            in_planes = self.stage_channels[self.stage_names[index]]
+        _init_weights(tail, zero_init_residual=self.zero_init_residual)
+        return tail, in_planes
 
-        Returns the pooled feature ``[B, feature_dim]`` and ``{s: [B, stage_channels[s], h_s, w_s] for s in taps}``.
-        """
-        wanted = tuple(taps)
-        unknown = [tap for tap in wanted if tap not in self.stage_names]
-        if unknown:
-            raise ValueError(f"`taps` must be among {list(self.stage_names)}, but got unknown taps {unknown}")
-        maps: dict[str, Tensor] = {}
-        x = self.stem(x)
-        for name in self.stage_names:
-            x = getattr(self, name)(x)
-            if name in wanted:
-                maps[name] = x
-        return torch.flatten(self.avgpool(x), 1), maps
 
-    def forward(self, x: Tensor) -> Tensor:
-        """``x [B, in_channels, H, W] -> [B, feature_dim]``."""
-        return self.forward_features(x)[0]
+def _init_weights(root: nn.Module, *, zero_init_residual: bool) -> None:
+    """Kaiming-normal convs (fan_out, ReLU), unit BN; optionally zero the last BN of every residual branch so each
+    block starts as the identity (Goyal et al., 2017)."""
+    for module in root.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.BatchNorm2d | nn.GroupNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+    if zero_init_residual:
+        for module in root.modules():
+            if isinstance(module, BasicBlock | Bottleneck):
+                nn.init.zeros_(module.last_bn.weight)
 
 
 def _make_stem(stem: Stem, in_channels: int, out_channels: int) -> nn.Sequential:
@@ -250,7 +197,7 @@ def _make_stem(stem: Stem, in_channels: int, out_channels: int) -> nn.Sequential
 # --------------------------------------------------------------------------------------------------------------------
 
 
-@register_backbone("resnet18")
+@register_backbone("resnet18", family="resnet", attach_points=ATTACH_POINTS)
 def resnet18(
     *, stem: Stem = "cifar", width: float = 1.0, in_channels: int = 3, zero_init_residual: bool = False
 ) -> ResNet:
@@ -260,7 +207,7 @@ def resnet18(
     )
 
 
-@register_backbone("resnet34")
+@register_backbone("resnet34", family="resnet", attach_points=ATTACH_POINTS)
 def resnet34(
     *, stem: Stem = "cifar", width: float = 1.0, in_channels: int = 3, zero_init_residual: bool = False
 ) -> ResNet:
@@ -270,7 +217,7 @@ def resnet34(
     )
 
 
-@register_backbone("resnet50")
+@register_backbone("resnet50", family="resnet", attach_points=ATTACH_POINTS)
 def resnet50(
     *, stem: Stem = "cifar", width: float = 1.0, in_channels: int = 3, zero_init_residual: bool = False
 ) -> ResNet:
@@ -280,7 +227,7 @@ def resnet50(
     )
 
 
-@register_backbone("resnet101")
+@register_backbone("resnet101", family="resnet", attach_points=ATTACH_POINTS)
 def resnet101(
     *, stem: Stem = "cifar", width: float = 1.0, in_channels: int = 3, zero_init_residual: bool = False
 ) -> ResNet:

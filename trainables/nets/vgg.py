@@ -1,0 +1,149 @@
+"""VGG-13/16, with and without BatchNorm, as backbones with named stages (family ``vgg``).
+
+The network is ``block1 -> ... -> block5 -> global average pool`` (no classifier): block ``i`` is ``n_i`` times
+``3x3 conv (-> BN) -> ReLU`` at ``(64, 128, 256, 512, 512)[i] * width`` channels, closed by a 2x2 max-pool; VGG-13
+has 2 convs per block, VGG-16 has (2, 2, 3, 3, 3) (Simonyan & Zisserman, 2015, configurations B and D). Exits hang
+after block1..block4; ``feature_dim = 512 * width``.
+
+VGG has no stem to adapt: its five max-pools take 32 px to 1x1 and 224 px to 7x7 before the global pool, so both
+``stem`` values build the same network. The pools use ``ceil_mode`` so that inputs smaller than 32 px (the 16 px
+digits) keep a 1x1 map instead of vanishing.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from trainables.nets._registry import (
+    Backbone,
+    Stem,
+    TailSize,
+    check_backbone_args,
+    register_backbone,
+    scale_width,
+    small_depth,
+)
+
+__all__ = ["VGG", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn"]
+
+BASE_WIDTHS: tuple[int, ...] = (64, 128, 256, 512, 512)
+DEPTHS: dict[str, tuple[int, ...]] = {"vgg13": (2, 2, 2, 2, 2), "vgg16": (2, 2, 3, 3, 3)}
+ATTACH_POINTS: tuple[str, ...] = ("block1", "block2", "block3", "block4")
+
+
+class VGG(Backbone):
+    """VGG backbone without a classifier: ``x [B, in_channels, H, W] -> [B, 512 * width]``.
+
+    Args:
+        convs: convolutions per block (5 counts).
+        batch_norm: BN after every convolution (the ``_bn`` variants).
+        stem: accepted for the common factory signature; both values build the same network (see the module doc).
+        width: multiplier of every block's channels.
+        in_channels: channels of the input images.
+    """
+
+    family = "vgg"
+    stage_names: tuple[str, ...] = ("block1", "block2", "block3", "block4", "block5")
+    attach_points: tuple[str, ...] = ATTACH_POINTS
+
+    def __init__(
+        self,
+        convs: tuple[int, ...],
+        *,
+        batch_norm: bool,
+        stem: Stem = "cifar",
+        width: float = 1.0,
+        in_channels: int = 3,
+    ) -> None:
+        super().__init__()
+        check_backbone_args(stem=stem, width=width, in_channels=in_channels)
+        if len(convs) != len(self.stage_names) or min(convs) < 1:
+            raise ValueError(f"`convs` must be 5 positive counts, but got convs={convs!r}")
+        self.convs = tuple(convs)
+        self.batch_norm = batch_norm
+        self.widths = tuple(scale_width(base, width) for base in BASE_WIDTHS)
+        self.stem = nn.Identity()
+        self.stage_channels: dict[str, int] = {}
+        in_planes = in_channels
+        for index, name in enumerate(self.stage_names):
+            self.add_module(name, self._make_stage(index, in_planes, convs[index]))
+            in_planes = self.widths[index]
+            self.stage_channels[name] = in_planes
+        self.final = nn.Identity()
+        self.feature_dim = in_planes
+        _init_weights(self)
+
+    def _make_stage(self, index: int, in_planes: int, convs: int) -> nn.Sequential:
+        """Block ``index``: ``convs`` x (3x3 conv -> [BN] -> ReLU), then a 2x2 max-pool."""
+        planes = self.widths[index]
+        layers: list[nn.Module] = []
+        for _ in range(convs):
+            layers.append(nn.Conv2d(in_planes, planes, kernel_size=3, padding=1))
+            if self.batch_norm:
+                layers.append(nn.BatchNorm2d(planes))
+            layers.append(nn.ReLU(inplace=True))
+            in_planes = planes
+        layers.append(nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=True))
+        return nn.Sequential(*layers)
+
+    def build_tail(self, after: str, *, size: TailSize) -> tuple[nn.Module, int]:
+        """Fresh copies of the blocks after ``after`` (``small``: ``max(1, n // 2)`` convs each); see Backbone."""
+        start = self._check_tail(after, size) + 1
+        tail = nn.Sequential()
+        in_planes = self.stage_channels[after]
+        for index in range(start, len(self.stage_names)):
+            convs = self.convs[index] if size == "same" else small_depth(self.convs[index])
+            tail.add_module(self.stage_names[index], self._make_stage(index, in_planes, convs))
+            in_planes = self.widths[index]
+        _init_weights(tail)
+        return tail, in_planes
+
+
+def _init_weights(root: nn.Module) -> None:
+    """Kaiming-normal convs (fan_out, ReLU) with zero bias, unit BN (torchvision's VGG initialisation)."""
+    for module in root.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+
+def _vgg(name: str, *, batch_norm: bool, stem: Stem, width: float, in_channels: int,
+         zero_init_residual: bool) -> VGG:
+    if zero_init_residual:
+        raise ValueError("`zero_init_residual` must be False for VGG (it has no residual branches), but got True")
+    return VGG(DEPTHS[name], batch_norm=batch_norm, stem=stem, width=width, in_channels=in_channels)
+
+
+@register_backbone("vgg13", family="vgg", attach_points=ATTACH_POINTS)
+def vgg13(*, stem: Stem = "cifar", width: float = 1.0, in_channels: int = 3, zero_init_residual: bool = False) -> VGG:
+    """VGG-13 without BN: 2 convs per block."""
+    return _vgg("vgg13", batch_norm=False, stem=stem, width=width, in_channels=in_channels,
+                zero_init_residual=zero_init_residual)
+
+
+@register_backbone("vgg13_bn", family="vgg", attach_points=ATTACH_POINTS)
+def vgg13_bn(
+    *, stem: Stem = "cifar", width: float = 1.0, in_channels: int = 3, zero_init_residual: bool = False
+) -> VGG:
+    """VGG-13 with BN after every conv."""
+    return _vgg("vgg13", batch_norm=True, stem=stem, width=width, in_channels=in_channels,
+                zero_init_residual=zero_init_residual)
+
+
+@register_backbone("vgg16", family="vgg", attach_points=ATTACH_POINTS)
+def vgg16(*, stem: Stem = "cifar", width: float = 1.0, in_channels: int = 3, zero_init_residual: bool = False) -> VGG:
+    """VGG-16 without BN: (2, 2, 3, 3, 3) convs per block."""
+    return _vgg("vgg16", batch_norm=False, stem=stem, width=width, in_channels=in_channels,
+                zero_init_residual=zero_init_residual)
+
+
+@register_backbone("vgg16_bn", family="vgg", attach_points=ATTACH_POINTS)
+def vgg16_bn(
+    *, stem: Stem = "cifar", width: float = 1.0, in_channels: int = 3, zero_init_residual: bool = False
+) -> VGG:
+    """VGG-16 with BN after every conv."""
+    return _vgg("vgg16", batch_norm=True, stem=stem, width=width, in_channels=in_channels,
+                zero_init_residual=zero_init_residual)
