@@ -18,7 +18,6 @@ from trainables.nets import EXIT_SIZES, backbone_info
 METHOD = "selfcon"
 DESCRIPTION = "SelfCon: temperature, lr, exit positions (every valid set for the backbone), exit size, alpha"
 #: Weights of the exit-anchored term; 0 is plain SelfCon.
-ALPHAS: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0)
 #: The reference README's recipe (CIFAR-100, ResNet-18: bs 1024, lr 0.5, tau 0.1, cosine, exit after layer2, fc).
 #: Only sampled settings appear here; cosine is the method's recipe and the batch size the user's ``--set``.
 POINTS_TO_EVALUATE = [
@@ -45,7 +44,7 @@ def params(trial: Any, fixed: Mapping[str, Any]) -> dict[str, Any]:
     p.float("lr", 0.01, 1.0, log=True)
     p.choice("selfcon_pos", position_choices(backbone))
     p.choice("selfcon_size", EXIT_SIZES)
-    p.choice("alpha", ALPHAS)
+    p.float("alpha", 0.0, 1.0)  # a float, as in the sigmoid space: `compare` shares one distribution kind per name
     return {} if "selfcon_arch" in fixed else {"selfcon_arch": backbone_info(backbone).family}
 
 
