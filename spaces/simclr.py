@@ -1,11 +1,11 @@
-"""SimCLR: temperature, learning rate, weight decay, warm-up and projection size."""
+"""SimCLR: temperature, learning rate, weight decay, warm-up and projection size (SupCon's space, wider tau)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
-from spaces._util import Params
+from spaces import supcon
 
 METHOD = "simclr"
 DESCRIPTION = "SimCLR: temperature, lr, weight decay, warm-up, projection dim"
@@ -14,13 +14,7 @@ POINTS_TO_EVALUATE = [{"temperature": 0.5, "lr": 0.5, "weight_decay": 1e-4, "war
 
 
 def params(trial: Any, fixed: Mapping[str, Any]) -> dict[str, Any]:
-    p = Params(trial, fixed)
-    p.float("temperature", 0.05, 1.0, log=True)
-    p.float("lr", 0.01, 1.0, log=True)
-    p.float("weight_decay", 1e-5, 1e-3, log=True)
-    p.warmup()
-    p.choice("feat_dim", [64, 128, 256])
-    return {}
+    return supcon.params(trial, fixed, temperature=(0.05, 1.0))
 
 
 def space(trial: Any, fixed: Mapping[str, Any]) -> dict[str, Any]:

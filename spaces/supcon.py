@@ -13,10 +13,11 @@ DESCRIPTION = "SupCon: temperature, lr, weight decay, warm-up, projection dim"
 POINTS_TO_EVALUATE = [{"temperature": 0.1, "lr": 0.5, "weight_decay": 1e-4, "warmup_epochs": 0, "feat_dim": 128}]
 
 
-def params(trial: Any, fixed: Mapping[str, Any]) -> dict[str, Any]:
-    """SupCon's own parameters plus the shared optimisation knobs."""
+def params(trial: Any, fixed: Mapping[str, Any], *, temperature: tuple[float, float] = (0.05, 0.5)) -> dict[str, Any]:
+    """SupCon's own parameters plus the shared optimisation knobs (SimCLR's space reuses them with its own
+    temperature range)."""
     p = Params(trial, fixed)
-    p.float("temperature", 0.05, 0.5, log=True)
+    p.float("temperature", *temperature, log=True)
     p.float("lr", 0.01, 1.0, log=True)
     p.float("weight_decay", 1e-5, 1e-3, log=True)
     p.warmup()
