@@ -32,6 +32,7 @@ __all__ = [
     "check_backbone_args",
     "register_backbone",
     "scale_width",
+    "init_weights",
     "small_depth",
 ]
 
@@ -172,14 +173,40 @@ class Backbone(nn.Module, ABC):
         """``x [B, in_channels, H, W] -> [B, feature_dim]``."""
         return self.forward_features(x)[0]
 
-    @abstractmethod
     def build_tail(self, after: str, *, size: TailSize) -> tuple[nn.Module, int]:
         """A freshly initialised network equivalent to the stages after ``after`` (and ``final``), sharing nothing
         with this backbone: ``[B, stage_channels[after], h, w] -> [B, C, h', w']`` (not pooled), and ``C``.
 
         ``size="same"`` copies the architecture; ``size="small"`` keeps the widths and gives each stage
-        ``max(1, blocks // 2)`` blocks (the SelfCon reference's ``small`` sub-network).
+        ``max(1, blocks // 2)`` blocks (the SelfCon reference's ``small`` sub-network). Families provide
+        ``_stage_depth``, ``_make_stage`` and, when a closing layer follows the last stage, ``_tail_top``.
         """
+        start = self._check_tail(after, size) + 1
+        tail = nn.Sequential()
+        in_planes = self.stage_channels[after]
+        for index in range(start, len(self.stage_names)):
+            name = self.stage_names[index]
+            depth = self._stage_depth(index)
+            tail.add_module(name, self._make_stage(index, in_planes, depth if size == "same" else small_depth(depth)))
+            in_planes = self.stage_channels[name]
+        top = self._tail_top(in_planes)
+        if top is not None:
+            tail.add_module("final", top[0])
+            in_planes = top[1]
+        init_weights(tail, zero_init_residual=getattr(self, "zero_init_residual", False))
+        return tail, in_planes
+
+    @abstractmethod
+    def _stage_depth(self, index: int) -> int:
+        """Blocks (or convs) in stage ``index``."""
+
+    @abstractmethod
+    def _make_stage(self, index: int, in_planes: int, depth: int) -> nn.Module:
+        """A fresh stage ``index`` of ``depth`` blocks taking ``in_planes`` channels."""
+
+    def _tail_top(self, in_planes: int) -> tuple[nn.Module, int] | None:
+        """The layer that closes the network after its last stage and its output channels (None: nothing)."""
+        return None
 
     def _check_tail(self, after: str, size: str) -> int:
         """Index of ``after`` in ``stage_names``; ValueError unless it is an attach point and ``size`` is valid."""
@@ -188,3 +215,21 @@ class Backbone(nn.Module, ABC):
         if size not in TAIL_SIZES:
             raise ValueError(f"`size` must be one of {list(TAIL_SIZES)}, but got size={size!r}")
         return self.stage_names.index(after)
+
+
+def init_weights(root: nn.Module, *, zero_init_residual: bool = False) -> None:
+    """Kaiming-normal convs (fan_out, ReLU) with zero biases, unit BN/GroupNorm; with ``zero_init_residual`` the last
+    BN of every residual branch (a module with ``last_bn`` whose ``residual`` is not False) starts at zero, so each
+    block starts as the identity (Goyal et al., 2017)."""
+    for module in root.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d | nn.GroupNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+    if zero_init_residual:
+        for module in root.modules():
+            if hasattr(module, "last_bn") and getattr(module, "residual", True):
+                nn.init.zeros_(module.last_bn.weight)

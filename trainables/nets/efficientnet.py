@@ -17,11 +17,10 @@ from torch import Tensor, nn
 from trainables.nets._registry import (
     Backbone,
     Stem,
-    TailSize,
     check_backbone_args,
+    init_weights,
     register_backbone,
     scale_width,
-    small_depth,
 )
 
 __all__ = ["EfficientNet", "MBConv", "effnet_small"]
@@ -141,7 +140,13 @@ class EfficientNet(Backbone):
             self.stage_channels[name] = in_planes
         self.final = self._make_top(in_planes)
         self.feature_dim = self.top_channels
-        _init_weights(self, zero_init_residual=zero_init_residual)
+        init_weights(self, zero_init_residual=zero_init_residual)
+
+    def _stage_depth(self, index: int) -> int:
+        return self.stages[index].repeats
+
+    def _tail_top(self, in_planes: int) -> tuple[nn.Module, int]:
+        return self._make_top(in_planes), self.top_channels
 
     def _make_stage(self, index: int, in_planes: int, repeats: int) -> nn.Sequential:
         """Stage ``index``: ``repeats`` MBConv blocks, the first with the stage's stride."""
@@ -159,38 +164,6 @@ class EfficientNet(Backbone):
             nn.BatchNorm2d(self.top_channels),
             nn.SiLU(inplace=True),
         )
-
-    def build_tail(self, after: str, *, size: TailSize) -> tuple[nn.Module, int]:
-        """Fresh copies of the stages after ``after`` and of the top conv (``small``: ``max(1, n // 2)`` blocks per
-        stage); see Backbone."""
-        start = self._check_tail(after, size) + 1
-        tail = nn.Sequential()
-        in_planes = self.stage_channels[after]
-        for index in range(start, len(self.stage_names)):
-            repeats = self.stages[index].repeats
-            tail.add_module(self.stage_names[index],
-                            self._make_stage(index, in_planes, repeats if size == "same" else small_depth(repeats)))
-            in_planes = self.widths[index]
-        tail.add_module("final", self._make_top(in_planes))
-        _init_weights(tail, zero_init_residual=self.zero_init_residual)
-        return tail, self.top_channels
-
-
-def _init_weights(root: nn.Module, *, zero_init_residual: bool) -> None:
-    """Kaiming-normal convs (fan_out), zero conv biases, unit BN; optionally zero each residual block's last BN."""
-    for module in root.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.BatchNorm2d):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-    if zero_init_residual:
-        for module in root.modules():
-            if isinstance(module, MBConv) and module.residual:
-                nn.init.zeros_(module.last_bn.weight)
-
 
 @register_backbone("effnet_small", family="efficientnet", attach_points=ATTACH_POINTS)
 def effnet_small(

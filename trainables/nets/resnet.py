@@ -14,11 +14,10 @@ from torch import Tensor, nn
 from trainables.nets._registry import (
     Backbone,
     Stem,
-    TailSize,
     check_backbone_args,
+    init_weights,
     register_backbone,
     scale_width,
-    small_depth,
 )
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet18", "resnet34", "resnet50", "resnet101"]
@@ -143,7 +142,10 @@ class ResNet(Backbone):
             self.stage_channels[name] = in_planes
         self.final = nn.Identity()
         self.feature_dim = in_planes
-        _init_weights(self, zero_init_residual=zero_init_residual)
+        init_weights(self, zero_init_residual=zero_init_residual)
+
+    def _stage_depth(self, index: int) -> int:
+        return self.num_blocks[index]
 
     def _make_stage(self, index: int, in_planes: int, blocks: int) -> nn.Sequential:
         """Stage ``index``: ``blocks`` blocks of width ``widths[index]``, the first strided (except in layer1)."""
@@ -153,34 +155,6 @@ class ResNet(Backbone):
             layers.append(self.block(in_planes, planes, stride=block_stride))
             in_planes = planes * self.block.expansion
         return nn.Sequential(*layers)
-
-    def build_tail(self, after: str, *, size: TailSize) -> tuple[nn.Module, int]:
-        """Fresh copies of the stages after ``after`` (``small``: ``max(1, n // 2)`` blocks each); see Backbone."""
-        start = self._check_tail(after, size) + 1
-        tail = nn.Sequential()
-        in_planes = self.stage_channels[after]
-        for index in range(start, len(self.stage_names)):
-            blocks = self.num_blocks[index] if size == "same" else small_depth(self.num_blocks[index])
-            tail.add_module(self.stage_names[index], self._make_stage(index, in_planes, blocks))
-            in_planes = self.stage_channels[self.stage_names[index]]
-        _init_weights(tail, zero_init_residual=self.zero_init_residual)
-        return tail, in_planes
-
-
-def _init_weights(root: nn.Module, *, zero_init_residual: bool) -> None:
-    """Kaiming-normal convs (fan_out, ReLU), unit BN; optionally zero the last BN of every residual branch so each
-    block starts as the identity (Goyal et al., 2017)."""
-    for module in root.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(module, nn.BatchNorm2d | nn.GroupNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-    if zero_init_residual:
-        for module in root.modules():
-            if isinstance(module, BasicBlock | Bottleneck):
-                nn.init.zeros_(module.last_bn.weight)
-
 
 def _make_stem(stem: Stem, in_channels: int, out_channels: int) -> nn.Sequential:
     if stem == "cifar":

@@ -17,11 +17,10 @@ from torch import nn
 from trainables.nets._registry import (
     Backbone,
     Stem,
-    TailSize,
     check_backbone_args,
+    init_weights,
     register_backbone,
     scale_width,
-    small_depth,
 )
 
 __all__ = ["VGG", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn"]
@@ -71,7 +70,10 @@ class VGG(Backbone):
             self.stage_channels[name] = in_planes
         self.final = nn.Identity()
         self.feature_dim = in_planes
-        _init_weights(self)
+        init_weights(self)
+
+    def _stage_depth(self, index: int) -> int:
+        return self.convs[index]
 
     def _make_stage(self, index: int, in_planes: int, convs: int) -> nn.Sequential:
         """Block ``index``: ``convs`` x (3x3 conv -> [BN] -> ReLU), then a 2x2 max-pool."""
@@ -85,30 +87,6 @@ class VGG(Backbone):
             in_planes = planes
         layers.append(nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=True))
         return nn.Sequential(*layers)
-
-    def build_tail(self, after: str, *, size: TailSize) -> tuple[nn.Module, int]:
-        """Fresh copies of the blocks after ``after`` (``small``: ``max(1, n // 2)`` convs each); see Backbone."""
-        start = self._check_tail(after, size) + 1
-        tail = nn.Sequential()
-        in_planes = self.stage_channels[after]
-        for index in range(start, len(self.stage_names)):
-            convs = self.convs[index] if size == "same" else small_depth(self.convs[index])
-            tail.add_module(self.stage_names[index], self._make_stage(index, in_planes, convs))
-            in_planes = self.widths[index]
-        _init_weights(tail)
-        return tail, in_planes
-
-
-def _init_weights(root: nn.Module) -> None:
-    """Kaiming-normal convs (fan_out, ReLU) with zero bias, unit BN (torchvision's VGG initialisation)."""
-    for module in root.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.BatchNorm2d):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-
 
 def _vgg(name: str, *, batch_norm: bool, stem: Stem, width: float, in_channels: int,
          zero_init_residual: bool) -> VGG:

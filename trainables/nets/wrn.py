@@ -14,11 +14,10 @@ from torch import Tensor, nn
 from trainables.nets._registry import (
     Backbone,
     Stem,
-    TailSize,
     check_backbone_args,
+    init_weights,
     register_backbone,
     scale_width,
-    small_depth,
 )
 
 __all__ = ["WideBasic", "WideResNet", "wrn16_8"]
@@ -93,7 +92,13 @@ class WideResNet(Backbone):
             self.stage_channels[name] = in_planes
         self.final = _closing(in_planes)
         self.feature_dim = in_planes
-        _init_weights(self)
+        init_weights(self)
+
+    def _stage_depth(self, index: int) -> int:
+        return self.blocks
+
+    def _tail_top(self, in_planes: int) -> tuple[nn.Module, int]:
+        return _closing(in_planes), in_planes
 
     def _make_stage(self, index: int, in_planes: int, blocks: int) -> nn.Sequential:
         """Stage ``index``: ``blocks`` wide blocks, the first strided (except in layer1)."""
@@ -104,34 +109,9 @@ class WideResNet(Backbone):
             in_planes = planes
         return nn.Sequential(*layers)
 
-    def build_tail(self, after: str, *, size: TailSize) -> tuple[nn.Module, int]:
-        """Fresh copies of the stages after ``after`` and of the closing BN-ReLU (``small``: ``max(1, n // 2)``
-        blocks per stage); see Backbone."""
-        start = self._check_tail(after, size) + 1
-        blocks = self.blocks if size == "same" else small_depth(self.blocks)
-        tail = nn.Sequential()
-        in_planes = self.stage_channels[after]
-        for index in range(start, len(self.stage_names)):
-            tail.add_module(self.stage_names[index], self._make_stage(index, in_planes, blocks))
-            in_planes = self.widths[index]
-        tail.add_module("final", _closing(in_planes))
-        _init_weights(tail)
-        return tail, in_planes
-
-
 def _closing(channels: int) -> nn.Sequential:
     """The BN-ReLU that closes a pre-activation network before pooling."""
     return nn.Sequential(nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
-
-
-def _init_weights(root: nn.Module) -> None:
-    """Kaiming-normal convs (fan_out, ReLU), unit BN."""
-    for module in root.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(module, nn.BatchNorm2d):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
 
 
 @register_backbone("wrn16_8", family="wrn", attach_points=ATTACH_POINTS)
