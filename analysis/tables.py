@@ -99,6 +99,7 @@ class _Trial:
     tune_status: str | None
     error: str | None
     start_time: float | None
+    known_to_state: bool = False  # an experiment snapshot exists, so a trial missing from it is not Tune's any more
 
 
 def _read_results(path: Path) -> list[dict[str, Any]]:
@@ -153,7 +154,8 @@ def _read_trials(exp: Path) -> list[_Trial]:
             config = json.loads((path / "params.json").read_text())
         except json.JSONDecodeError:
             config = {}
-        trials.append(_Trial(trial_id, path, config, results, s.get("status"), error, s.get("start_time")))
+        trials.append(_Trial(trial_id, path, config, results, s.get("status"), error, s.get("start_time"),
+                             known_to_state=bool(state)))
     return trials
 
 
@@ -230,6 +232,8 @@ def _status(t: _Trial) -> str:
         return "completed"
     if t.tune_status == "TERMINATED":
         return "stopped_early"
+    if t.tune_status is None and t.known_to_state:
+        return "abandoned"  # started after the last experiment snapshot of a driver that died; resume re-asks it
     return "running"
 
 

@@ -24,10 +24,16 @@ def _study(path: Path, name: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=f"sqlite:///{path / name / 'study.db'}")
 
 
-def _tune_trials(exp: Path) -> list[dict]:
-    """Each Tune trial's params and reported results, read from its directory."""
+def _tune_trials(exp: Path, *, known_only: bool = False) -> list[dict]:
+    """Each Tune trial's params and reported results, read from its directory (``known_only``: only the trials in
+    Tune's newest experiment snapshot, leaving out directories a killed driver created after it)."""
+    from analysis.tables import _experiment_state
+
+    known = {v["relative_logdir"] for v in _experiment_state(exp).values()} if known_only else None
     out = []
     for d in sorted(p for p in exp.iterdir() if p.is_dir() and p.name.startswith("trial_driver_")):
+        if not (d / "params.json").exists() or (known is not None and d.name not in known):
+            continue
         path = d / "result.json"
         lines = path.read_text().splitlines() if path.exists() else []
         results = [json.loads(line) for line in lines if line.strip()]
@@ -163,7 +169,7 @@ def test_sigkilled_driver_resumes_to_exactly_n_trials(tmp_path):
 
     resumed = run_cli("resume", "killme", "--storage-path", str(tmp_path))
     assert resumed.returncode == 0, resumed.stderr[-4000:]
-    trials = _tune_trials(tmp_path / "killme")
+    trials = _tune_trials(tmp_path / "killme", known_only=True)
     assert len(trials) == 5
     assert all(t["results"] and t["results"][-1].get("finished") for t in trials)
     for t in trials:  # finished trials were not rerun: no result was appended to them
