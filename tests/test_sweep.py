@@ -34,9 +34,9 @@ def _tune_trials(exp: Path, *, known_only: bool = False) -> list[dict]:
     for d in sorted(p for p in exp.iterdir() if p.is_dir() and p.name.startswith("trial_driver_")):
         if not (d / "params.json").exists() or (known is not None and d.name not in known):
             continue
-        path = d / "result.json"
-        lines = path.read_text().splitlines() if path.exists() else []
-        results = [json.loads(line) for line in lines if line.strip()]
+        from analysis.tables import _read_results  # tolerates a line torn by a concurrent write
+
+        results = _read_results(d)
         out.append({"dir": d, "config": json.loads((d / "params.json").read_text()), "results": results})
     return out
 
