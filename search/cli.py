@@ -533,6 +533,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, DataError, UsageError) as e:
         print(f"csweep {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except ConnectionError as e:  # --address names no reachable Ray cluster
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"csweep {args.command}: error: `address` {getattr(args, 'address', None)!r}: {reason}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("csweep: interrupted", file=sys.stderr)
         return 130

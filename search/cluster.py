@@ -138,6 +138,22 @@ def check_feasible(need: TrialResources, cluster: ClusterResources, *, autoscali
         )
 
 
+def check_reachable(address: str, *, timeout_s: float = 5.0) -> None:
+    """Fail fast with ConfigError when a ``host:port`` address has nothing listening (Ray itself retries for
+    minutes). ``auto``, ``ray://`` and ``http(s)://`` addresses are left to Ray."""
+    import socket
+
+    if address == "auto" or "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            return
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"`address` {address!r} cannot be reached ({e}); is a Ray head running there "
+                          "(`ray start --head`, `ray up cluster.yaml`)?") from e
+
+
 def init_ray(
     address: str | None = None,
     *,
@@ -161,6 +177,7 @@ def init_ray(
     if ray.is_initialized():
         return ray
     if address:
+        check_reachable(address)
         _match_auth_mode(address)
     kwargs: dict[str, Any] = dict(
         runtime_env={"env_vars": dict(RAY_ENV)},

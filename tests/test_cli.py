@@ -45,6 +45,7 @@ def _bad_cifar(tmp_path):
         (["supcon", "--workers", "64"], "holds only"),
         (["supcon", "--set", "amp=fp16"], "needs GPUs"),
         (["supcon", "--set", "selfcon_pos=[true"], "YAML"),
+        (["supcon", "--address", "127.0.0.1:1"], "`address` '127.0.0.1:1' cannot be reached"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_before_ray(args, fragment, capsys):
