@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import ROOT, run_cli
@@ -48,8 +49,10 @@ def test_tables_of_a_real_sweep(sweep, tmp_path):
     for name, arrow_type, _ in TRIAL_COLUMNS:  # every documented column, with its documented type
         assert name in schema.names, name
         assert schema.field(name).type == arrow_type, (name, schema.field(name).type, arrow_type)
-    assert schema.field("lr").type.id == schema.field("knn_top1").type.id  # float64 setting column
-    assert str(schema.field("selfcon_pos").type if "selfcon_pos" in schema.names else "string") == "string"
+    # setting columns are typed from the dataclass annotations
+    assert str(schema.field("lr").type) == "double" and str(schema.field("batch_size").type) == "int64"
+    assert str(schema.field("lr_decay_epochs").type) == "string" and str(schema.field("sync_bn").type) == "bool"
+    assert pa.types.is_dictionary(schema.field("optimizer").type)
 
     tables = analysis.load(out)
     trials, epochs = tables.trials, tables.epochs
@@ -70,13 +73,12 @@ def test_tables_of_a_real_sweep(sweep, tmp_path):
     for name, _, _ in LEADERBOARD_COLUMNS:
         assert name in board.columns, name
     best = board.sort_values("best_value", ascending=False).iloc[0]
-    group = trials[trials["trial_id"].isin(trials[trials["method"] == best["method"]]["trial_id"])]
     assert best["best_seeds"] == 2
     values = trials.loc[trials["lr"] == json.loads(best["best_config"])["lr"], "knn_top1"].to_numpy()
     assert best["best_value"] == pytest.approx(values.mean())
     assert best["best_std"] == pytest.approx(values.std(ddof=1))
     assert best["best_ci95_low"] <= best["best_value"] <= best["best_ci95_high"]
-    assert board["device_hours"].sum() > 0 and len(group)
+    assert board["device_hours"].sum() > 0
     assert (out / "plots" / "learning_curves.png").stat().st_size > 1000
 
 
