@@ -222,6 +222,21 @@ def prepare_trial(method: str, settings: dict[str, Any], resources, *, download:
     return spec
 
 
+def _check_resumable(spec, run_dir: Path) -> None:
+    """An existing run of that name resumes from its newest checkpoint: refuse, before Ray starts, a configuration
+    that differs from the one that wrote it (its checkpoints are left untouched)."""
+    from search.driver import read_checkpoint
+    from trainables.loop import changed_fields
+
+    checkpoints = sorted(run_dir.glob("checkpoint_epoch_*")) if run_dir.is_dir() else []
+    if not checkpoints:
+        return
+    changed = changed_fields(read_checkpoint(checkpoints[-1])["spec"], spec)
+    if changed:
+        raise UsageError(f"`name`: run {run_dir.name!r} exists with other values of {', '.join(changed)}; "
+                         "rerun with the same settings to resume it, or pick another --name")
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from search.cluster import ClusterResources, TrialResources, check_feasible
 
@@ -237,11 +252,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from search.cluster import init_ray
     from search.driver import build_trainer, fit_with_progress
 
+    name = args.name or f"train-{spec.method}-{spec.train.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    storage = _storage_path(args.storage_path)
+    _check_resumable(spec, Path(storage) / name)
     init_ray(args.address)
     if args.address:
         check_feasible(resources, ClusterResources.from_ray())
-    name = args.name or f"train-{spec.method}-{spec.train.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
-    storage = _storage_path(args.storage_path)
     print(
         f"csweep: training {spec.method} on {spec.train.dataset} for {spec.train.epochs} epoch(s) with "
         f"{resources.workers} worker(s); results in {storage}/{name}",

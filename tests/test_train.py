@@ -110,3 +110,10 @@ def test_killed_ray_train_worker_resumes_from_its_checkpoint(tmp_path):
         assert final[key] == pytest.approx(expected[key], abs=1e-6), key
     checkpoints = sorted(p.name for p in (tmp_path / "killed").glob("checkpoint_epoch_*"))
     assert checkpoints[-1] == "checkpoint_epoch_00003"
+
+    # the same name with another configuration is refused before Ray starts, and the run is left as it was
+    from search.cli import main
+
+    assert main(["train", "supcon", "--storage-path", str(tmp_path), "--name", "killed",
+                 *set_args({**settings, "temperature": 0.3})]) == 2
+    assert sorted(p.name for p in (tmp_path / "killed").glob("checkpoint_epoch_*")) == checkpoints

@@ -327,12 +327,17 @@ def _state(spec: TrialSpec, model: nn.Module, optimizer: torch.optim.Optimizer, 
     }
 
 
+def changed_fields(saved: dict[str, Any], spec: TrialSpec) -> list[str]:
+    """Settings in which a checkpoint's flat spec differs from ``spec`` (``epochs`` may grow: it is not compared)."""
+    now = spec.flat()
+    return sorted(k for k in set(saved) | set(now) if k != "epochs" and saved.get(k) != now.get(k))
+
+
 def _restore(state: dict[str, Any], spec: TrialSpec, model: nn.Module, optimizer: torch.optim.Optimizer,
              scaler: torch.amp.GradScaler, method: Method, progress: _Progress) -> None:
     if state.get("version") != CHECKPOINT_VERSION:
         raise ValueError(f"checkpoint version {state.get('version')!r} is not {CHECKPOINT_VERSION}")
-    saved, now = state["spec"], spec.flat()
-    changed = sorted(k for k in set(saved) | set(now) if k not in ("epochs",) and saved.get(k) != now.get(k))
+    changed = changed_fields(state["spec"], spec)
     if changed:
         raise ValueError(f"the checkpoint was written by a different configuration (fields {', '.join(changed)})")
     model.load_state_dict(state["model"])
