@@ -170,12 +170,15 @@ def test_solarize_inverts_above_threshold() -> None:
     assert torch.allclose(out, TF.solarize(x, 0.5), atol=1e-6)
 
 
+@pytest.mark.parametrize("channels", [3, 1])
 @pytest.mark.parametrize("jitter", [(0.4, 0.4, 0.4, 0.1), (0.8, 0.8, 0.8, 0.2), (0.5, 0.0, 0.9, 0.0)])
-def test_jitter_matches_torchvision_per_sample_order(jitter: tuple[float, ...]) -> None:
-    """Each sample: torchvision's adjust_* with that sample's factors, in that sample's order."""
+def test_jitter_matches_torchvision_per_sample_order(jitter: tuple[float, ...], channels: int) -> None:
+    """Each sample: torchvision's adjust_* with that sample's factors, in that sample's order. On a 1-channel image
+    torchvision applies brightness and contrast and leaves saturation and hue as they are; so must we."""
     b, seed = 24, 7
-    x = images(b, 8).float() / 255
-    out = BatchAugment(identity(8, jitter=jitter, jitter_p=0.7), mean=ZERO, std=ONE)(x, gen(seed))
+    x = images(b, 8)[:, :channels].float() / 255
+    mean, std = (0.0,) * channels, (1.0,) * channels
+    out = BatchAugment(identity(8, jitter=jitter, jitter_p=0.7), mean=mean, std=std)(x, gen(seed))
     u = draws(b, seed)
     ops = [TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue]
     orders = set()
@@ -191,6 +194,8 @@ def test_jitter_matches_torchvision_per_sample_order(jitter: tuple[float, ...]) 
                 expected = ops[k](expected, factors[k])
         assert torch.allclose(out[i], expected, atol=2e-5), i
     assert len(orders) > 3
+    if jitter[0] or jitter[1]:
+        assert not torch.allclose(out, x), "jitter changed nothing"
 
 
 def test_blur_matches_torchvision() -> None:
@@ -210,10 +215,12 @@ def test_blur_matches_torchvision() -> None:
         assert torch.allclose(out[i], expected, atol=1e-5), i
 
 
-def test_single_channel_images_skip_colour_ops() -> None:
+def test_single_channel_images_keep_their_shape_through_every_op() -> None:
     x = images(4)[:, :1]
     out = BatchAugment(relic_global(16), mean=(0.5,), std=(0.2,))(x, gen())
-    assert out.shape == (4, 1, 16, 16)
+    assert out.shape == (4, 1, 16, 16) and torch.isfinite(out).all()
+    gray_only = BatchAugment(identity(16, grayscale_p=1.0), mean=(0.0,), std=(1.0,))(x, gen())
+    assert torch.allclose(gray_only, x.float() / 255, atol=1e-6)  # grayscale of a gray image is the image
 
 
 def test_presets() -> None:

@@ -3,7 +3,8 @@
 :class:`BatchAugment` augments a whole batch in a few tensor ops, with per-sample parameters and torchvision's
 semantics: random resized crop + horizontal flip (one bilinear ``grid_sample`` with per-sample affine grids), colour
 jitter (brightness, contrast, saturation, hue, in a per-sample random order), grayscale, Gaussian blur (per-sample
-sigma, depthwise convolution), solarize, then normalisation. Colour ops run only on 3-channel images.
+sigma, depthwise convolution), solarize, then normalisation. On 1-channel images colour jitter does what torchvision
+does: brightness and contrast apply, saturation, hue and grayscale leave the image as it is.
 
 Every call draws one ``[B, 36]`` block of uniforms from the generator, whatever the config, so the generator state
 (``generator.get_state()``) is all a checkpoint needs to resume the exact augmentation stream. The draws are made on
@@ -220,8 +221,8 @@ def _normalize(x: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Te
 
 
 def _gray(x: Tensor) -> Tensor:
-    """ITU-R 601 luma as torchvision computes it: ``[B, 3, H, W] -> [B, 1, H, W]``."""
-    return (x * _const(_LUMA, x)).sum(1, keepdim=True)
+    """ITU-R 601 luma as torchvision computes it: ``[B, 3, H, W] -> [B, 1, H, W]`` (a 1-channel image is its own)."""
+    return x if x.shape[1] == 1 else (x * _const(_LUMA, x)).sum(1, keepdim=True)
 
 
 def _shift_hue(x: Tensor, shift: Tensor) -> Tensor:
@@ -283,11 +284,10 @@ class BatchAugment:
         cfg = self.config
         u = torch.rand(x.shape[0], _DRAWS, generator=generator, device=generator.device).to(x.device)
         x = self._crop_flip(x, u)
-        if x.shape[1] == 3:
-            if cfg.jitter_p > 0 and any(cfg.jitter):
-                x = self._jitter(x, u)
-            if cfg.grayscale_p > 0:
-                x = torch.where((u[:, _GRAY_P] < cfg.grayscale_p).view(-1, 1, 1, 1), _gray(x).expand_as(x), x)
+        if cfg.jitter_p > 0 and any(cfg.jitter) and x.shape[1] in (1, 3):
+            x = self._jitter(x, u)
+        if cfg.grayscale_p > 0 and x.shape[1] == 3:
+            x = torch.where((u[:, _GRAY_P] < cfg.grayscale_p).view(-1, 1, 1, 1), _gray(x).expand_as(x), x)
         if cfg.blur_p > 0 and cfg.kernel_size > 1:
             x = self._blur(x, u)
         if cfg.solarize_p > 0:
@@ -346,7 +346,7 @@ class BatchAugment:
         factors.append(one)  # the hue slot: neutral in the blend steps
         factors_t = torch.stack(factors, 1)
         order = u[:, _JIT_ORDER].argsort(1)  # uniform random permutation per sample, like torch.randperm(4)
-        hue = cfg.jitter[_HUE]
+        hue = cfg.jitter[_HUE] if x.shape[1] == 3 else 0.0  # saturation and hue leave a gray image as it is
         if hue == 0:
             for k in range(4):
                 x = _blend_step(x, order[:, k], factors_t, None)
