@@ -35,8 +35,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from analysis.schema import EPOCH_COLUMNS, LEADERBOARD_COLUMNS, TRIAL_COLUMNS
+from search.spec import read_sweep_file
 
-__all__ = ["SweepTables", "build_tables", "write_tables"]
+__all__ = ["SweepTables", "build_tables", "write_parquet", "write_tables"]
 
 TABLES = ("trials", "epochs", "leaderboard", "importances", "pareto")
 SCHEMAS = {"trials": TRIAL_COLUMNS, "epochs": EPOCH_COLUMNS, "leaderboard": LEADERBOARD_COLUMNS}
@@ -209,8 +210,7 @@ def _flow(value: Any) -> str | None:
 def _spec_settings(fixed: Mapping[str, Any], config: Mapping[str, Any]) -> tuple[str | None, dict[str, Any]]:
     """The trial's full, validated settings (fixed + sampled + defaults), or the raw merge if they do not validate
     (an errored trial with an invalid configuration still gets its row)."""
-    from search.sweep import trial_settings
-    from trainables.trial import TrialSpec
+    from trainables.trial import TrialSpec, trial_settings
 
     try:
         method, settings = trial_settings(fixed, config)
@@ -265,8 +265,6 @@ def _load_study(cfg):
 
 def build_tables(path: str | os.PathLike) -> SweepTables:
     """Read one sweep's experiment directory into its tables."""
-    from search.sweep import read_sweep_file
-
     exp = Path(path).resolve()
     cfg = read_sweep_file(str(exp))
     study = _load_study(cfg)
@@ -569,7 +567,7 @@ def _to_arrow(df: pd.DataFrame, documented: list[tuple[str, pa.DataType, str]] =
     return table.cast(pa.schema(fields, metadata=table.schema.metadata))
 
 
-def _atomic_parquet(df: pd.DataFrame, path: Path, documented: list[tuple[str, pa.DataType, str]] = ()) -> None:
+def write_parquet(df: pd.DataFrame, path: Path, documented: list[tuple[str, pa.DataType, str]] = ()) -> None:
     """Write ``df`` to ``path`` via a temporary file in the same directory and an atomic rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     table = _to_arrow(df, documented)
@@ -593,6 +591,6 @@ def write_tables(paths: Iterable[str | os.PathLike], out: str | os.PathLike) -> 
             df = getattr(tables, name)
             if "sweep" in df:
                 df = df.drop(columns=["sweep"])  # the partition directory carries it
-            _atomic_parquet(df, out / name / f"sweep={tables.sweep}" / "part-0.parquet", SCHEMAS.get(name, []))
+            write_parquet(df, out / name / f"sweep={tables.sweep}" / "part-0.parquet", SCHEMAS.get(name, []))
         written.append(tables)
     return written

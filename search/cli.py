@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-failures", type=int, default=0, help="worker failures to recover from a checkpoint")
     train.add_argument("--json", action="store_true", help="print the final metrics as JSON on the last line")
 
-    from search.sweep import EXECUTORS, SAMPLERS, SCHEDULERS
+    from search.spec import EXECUTORS, SAMPLERS, SCHEDULERS
 
     run = sub.add_parser(
         "run",
@@ -205,23 +205,6 @@ def _storage_path(raw: str | None) -> str:
     return raw if "://" in raw else str(Path(raw).expanduser().resolve())
 
 
-def prepare_trial(method: str, settings: dict[str, Any], resources, *, download: bool = False):
-    """Validate a trial fully (config, world size, dataset files, batch vs dataset size) without Ray.
-
-    Loading the dataset here also fills the node cache the workers then memory-map.
-    """
-    from trainables.loop import check_data, load_data
-    from trainables.trial import TrialSpec
-
-    spec = TrialSpec.from_settings(method, settings)
-    spec.check_world(resources.workers)
-    if spec.train.amp == "fp16" and not resources.gpus_per_worker:
-        raise ConfigError("`amp=fp16` needs GPUs (--gpus-per-worker > 0); on CPU use amp=bf16 or amp=off")
-    data = load_data(spec.train, download=download)
-    check_data(spec, data)
-    return spec
-
-
 def _check_resumable(spec, run_dir: Path) -> None:
     """An existing run of that name resumes from its newest checkpoint: refuse, before Ray starts, a configuration
     that differs from the one that wrote it (its checkpoints are left untouched)."""
@@ -239,9 +222,16 @@ def _check_resumable(spec, run_dir: Path) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from search.cluster import ClusterResources, TrialResources, check_feasible
+    from trainables.trial import prepare_trial
 
     resources = TrialResources(args.workers, args.cpus_per_worker, args.gpus_per_worker)
-    spec = prepare_trial(args.method, _settings(args), resources, download=args.download)
+    spec = prepare_trial(
+        args.method,
+        _settings(args),
+        workers=resources.workers,
+        gpus_per_worker=resources.gpus_per_worker,
+        download=args.download,
+    )
     if not args.address:
         import torch
 
@@ -302,7 +292,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import torch
 
     from search.cluster import ClusterResources, init_ray
-    from search.sweep import SweepConfig, build_tuner, capacity, parse_objective, validate_sweep, write_sweep_file
+    from search.spec import SweepConfig, parse_objective, write_sweep_file
+    from search.sweep import build_tuner, capacity, validate_sweep
     from spaces import load_space
 
     space = load_space(args.space)
@@ -411,7 +402,8 @@ def _sampled_keys(rows: list[dict[str, Any]]) -> set[str]:
 
 def _cmd_resume(args: argparse.Namespace) -> int:
     from search.cluster import init_ray
-    from search.sweep import read_sweep_file, restore_tuner
+    from search.spec import read_sweep_file
+    from search.sweep import restore_tuner
 
     cfg = read_sweep_file(_experiment_path(args.name, args.storage_path))
     init_ray(args.address, driver_slots=cfg.concurrency)
@@ -421,7 +413,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     from search.progress import format_table
-    from search.sweep import read_sweep_file
+    from search.spec import read_sweep_file
 
     path = _experiment_path(args.name, args.storage_path)
     cfg = read_sweep_file(path)
@@ -503,7 +495,7 @@ def _cmd_ablation(args: argparse.Namespace) -> int:
 
     from analysis import ablation, format_ablation
     from analysis.plots import ablation_heatmap
-    from analysis.tables import _atomic_parquet
+    from analysis.tables import write_parquet
 
     written = _write_tables(args)
     trials = pd.concat([t.trials for t in written], ignore_index=True)
@@ -521,7 +513,7 @@ def _cmd_ablation(args: argparse.Namespace) -> int:
     out = Path(args.out)
     flat = pivot.copy()
     flat.columns = ["|".join(map(str, c)) for c in flat.columns]
-    _atomic_parquet(flat.reset_index().astype({r: str for r in rows}), out / f"{stem}.parquet")
+    write_parquet(flat.reset_index().astype({r: str for r in rows}), out / f"{stem}.parquet")
     ablation_heatmap(pivot, out / f"{stem}.png", title=args.metric)
     print(f"saved {out / stem}.parquet and .png")
     return 0
