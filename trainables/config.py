@@ -29,6 +29,7 @@ __all__ = [
     "describe_fields",
     "parse_overrides",
     "split_overrides",
+    "yaml_flow",
 ]
 
 
@@ -268,6 +269,16 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
         except yaml.YAMLError as e:
             raise ConfigError(f"`--set {key}` value {raw!r} is not a YAML/JSON literal: {e.problem}") from e
     return out
+
+
+def yaml_flow(value: Any) -> str:
+    """``value`` as the YAML literal ``--set`` and the search spaces use: lists in flow style without spaces
+    (``[false,true,false]``), booleans as ``true``/``false``, anything else as ``str``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(yaml_flow(v) for v in value) + "]"
+    return str(value)
 
 
 def split_overrides(values: Mapping[str, Any], *owners: type) -> list[dict[str, Any]]:
