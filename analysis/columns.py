@@ -94,9 +94,9 @@ def typed_frame(
 
 def _cast(s: pd.Series, kind: str) -> pd.Series:
     if kind == "float":
-        return pd.tois_number(s, errors="coerce").astype("float64")
+        return pd.to_numeric(s, errors="coerce").astype("float64")
     if kind == "int":
-        return pd.tois_number(s, errors="coerce").astype("Int64")
+        return pd.to_numeric(s, errors="coerce").astype("Int64")
     if kind == "bool":
         return s.map(lambda v: None if v is None or (isinstance(v, float) and math.isnan(v)) else bool(v)).astype(
             "boolean"
