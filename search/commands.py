@@ -24,7 +24,7 @@ from search.printing import (
     status_of,
     train_summary,
 )
-from search.spec import COMPLETED
+from search.spec import COMPLETED, SWEEP_FILE
 from trainables.config import ConfigError, parse_overrides
 
 __all__ = [
@@ -128,7 +128,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _experiment_path(name: str, storage: str | None) -> str:
-    if "/" in name or storage is None and Path(name).is_dir() and (Path(name) / "sweep.json").exists():
+    if "/" in name or storage is None and Path(name).is_dir() and (Path(name) / SWEEP_FILE).exists():
         return name if "://" in name else str(Path(name).resolve())
     return f"{_storage_path(storage)}/{name}"
 
@@ -164,7 +164,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         study_storage=args.study_storage,
         max_failures=args.max_failures,
     )
-    if cfg.is_local_storage and (Path(cfg.experiment_path) / "sweep.json").exists():
+    if cfg.is_local_storage and (Path(cfg.experiment_path) / SWEEP_FILE).exists():
         raise UsageError(
             f"`name`: a sweep named {name!r} already exists in {cfg.storage_path}; "
             f"continue it with `csweep resume {name}` or pick another --name"
@@ -256,8 +256,8 @@ def _write_tables(args: argparse.Namespace):
 
     paths = [_experiment_path(n, args.storage_path) for n in args.names]
     for p in paths:
-        if not (Path(p) / "sweep.json").exists():
-            raise UsageError(f"`name`: no sweep at {p} (missing sweep.json)")
+        if not (Path(p) / SWEEP_FILE).exists():
+            raise UsageError(f"`name`: no sweep at {p} (missing {SWEEP_FILE})")
     return write_tables(paths, args.out)
 
 
