@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from search.spec import COMPLETED
+
 __all__ = ["Tables", "ablation", "format_ablation", "load"]
 
 
@@ -43,7 +45,7 @@ def ablation(
     rows: str | Sequence[str],
     cols: str | Sequence[str],
     metric: str,
-    statuses: Sequence[str] | None = ("completed",),
+    statuses: Sequence[str] | None = (COMPLETED,),
 ) -> pd.DataFrame:
     """Pivot ``metric`` over ``rows`` x ``cols`` (e.g. selfcon_pos x selfcon_size, gamma x gamma_scaling_steps).
 

@@ -20,8 +20,8 @@ TS = pa.timestamp("ms", tz="UTC")  # Parquet has no second unit
 TRIAL_COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("trial_id", pa.string(), "Tune trial id (also names the Train run train_<trial_id>)"),
     ("optuna_trial", pa.int64(), "number of the matching Optuna trial in the sweep's study (null if none)"),
-    ("status", DICT, "completed | stopped_early | errored | diverged | running | abandoned (its driver died "
-                     "before Tune recorded it; a resumed sweep samples that configuration again)"),
+    ("status", DICT, "completed | stopped (early, by the scheduler) | errored | diverged | running | abandoned (its "
+                     "driver died before Tune recorded it; a resumed sweep samples that configuration again)"),
     ("error", pa.string(), "first line of the error for errored/diverged trials"),
     ("method", DICT, "method name"),
     ("dataset", DICT, "dataset name"),

@@ -11,19 +11,16 @@ on finished, running and crashed sweeps alike, because every piece it reads is w
     out/importances/sweep=NAME/part-0.parquet   (Optuna parameter importances per method)
     out/pareto/sweep=NAME/part-0.parquet        (multi-objective sweeps: the study's Pareto front)
 
-Every file is written to a temporary name and renamed into place, so a reader never sees half a file and a failed
-refresh never replaces a good table.
+Reading Tune's files lives in :mod:`analysis.tune_files`, column types and Parquet writing in
+:mod:`analysis.columns`. Every file is written to a temporary name and renamed into place, so a reader never sees
+half a file and a failed refresh never replaces a good table.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import glob
 import json
 import math
 import os
-import tempfile
-import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,10 +28,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
+from analysis.columns import is_number, setting_types, typed_frame, write_parquet
 from analysis.schema import EPOCH_COLUMNS, LEADERBOARD_COLUMNS, TRIAL_COLUMNS
+from analysis.tune_files import TrialFiles, read_trials
+from search.spec import ABANDONED, COMPLETED, DIVERGED, ERRORED, RUNNING, STOPPED, read_sweep_file
+from trainables.config import yaml_flow
 
 __all__ = ["SweepTables", "build_tables", "write_tables"]
 
@@ -86,131 +85,10 @@ class SweepTables:
     pareto: pd.DataFrame
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Reading the experiment directory
-
-
-@dataclass
-class _Trial:
-    trial_id: str
-    path: Path
-    config: dict[str, Any]
-    results: list[dict[str, Any]]
-    tune_status: str | None
-    error: str | None
-    start_time: float | None
-    known_to_state: bool = False  # an experiment snapshot exists, so a trial missing from it is not Tune's any more
-
-
-def _read_results(path: Path) -> list[dict[str, Any]]:
-    """Tune's result.json (one JSON object per line); a torn last line (a crash mid-write) is skipped."""
-    out = []
-    file = path / "result.json"
-    if file.exists():
-        for line in file.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return out
-
-
-def _experiment_state(exp: Path) -> dict[str, dict[str, Any]]:
-    """trial_id -> {status, relative_logdir, start_time, error_filename} from the newest experiment snapshot."""
-    files = sorted(glob.glob(str(exp / "experiment_state-*.json")))
-    for file in reversed(files):
-        try:
-            data = json.loads(Path(file).read_text())
-        except (OSError, json.JSONDecodeError):
-            continue  # torn snapshot: try the previous one
-        out = {}
-        for trial_json, runtime_json in data.get("trial_data", []):
-            t = json.loads(trial_json) if isinstance(trial_json, str) else trial_json
-            r = json.loads(runtime_json) if isinstance(runtime_json, str) else runtime_json
-            out[t["trial_id"]] = {
-                "status": t.get("status"),
-                "relative_logdir": t.get("relative_logdir"),
-                "start_time": r.get("start_time"),
-                "error_filename": r.get("error_filename"),
-            }
-        return out
-    return {}
-
-
-def _read_trials(exp: Path) -> list[_Trial]:
-    state = _experiment_state(exp)
-    dirs = {p.name: p for p in exp.iterdir() if p.is_dir() and (p / "params.json").exists()}
-    trials = []
-    for name, path in sorted(dirs.items()):
-        results = _read_results(path)
-        trial_id = results[-1]["trial_id"] if results else name.split("_")[2] if name.count("_") >= 2 else name
-        s = state.get(trial_id, {})
-        error = None
-        error_file = path / "error.txt"
-        if error_file.exists():
-            lines = [ln for ln in error_file.read_text().splitlines() if ln.strip()]
-            error = _error_line(lines)
-        try:
-            config = json.loads((path / "params.json").read_text())
-        except json.JSONDecodeError:
-            config = {}
-        trials.append(_Trial(trial_id, path, config, results, s.get("status"), error, s.get("start_time"),
-                             known_to_state=bool(state)))
-    return trials
-
-
-def _error_line(lines: list[str]) -> str | None:
-    """The most informative line of a Tune error file: the last ``SomeError: message`` line."""
-    for line in reversed(lines):
-        head = line.split(":", 1)[0].strip()
-        if head.endswith(("Error", "Exception")) and ":" in line:
-            return line.strip()
-    return lines[-1].strip() if lines else None
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Typed setting columns
-
-
-def _setting_types() -> dict[str, str]:
-    """Arrow kind of every setting: 'float', 'int', 'bool', 'str', 'list' (from the dataclass annotations)."""
-    from trainables.config import TrainConfig
-    from trainables.methods import METHODS
-
-    kinds: dict[str, str] = {}
-    for cls in [TrainConfig, *(m.Config for m in METHODS.values())]:
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            kinds.setdefault(f.name, _kind(hints[f.name]))
-    return kinds
-
-
-def _kind(annotation: Any) -> str:
-    origin = typing.get_origin(annotation)
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if origin is typing.Literal:
-        return "str"
-    if origin is tuple:
-        return "list"
-    if origin is not None and args:  # Optional[X] / X | None
-        return _kind(args[0])
-    return {float: "float", int: "int", bool: "bool", str: "str"}.get(annotation, "str")
-
-
-def _flow(value: Any) -> str | None:
-    """Lists as YAML flow strings: [false, true, false]."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return value
-    return "[" + ", ".join(str(v).lower() if isinstance(v, bool) else str(v) for v in value) + "]"
-
-
 def _spec_settings(fixed: Mapping[str, Any], config: Mapping[str, Any]) -> tuple[str | None, dict[str, Any]]:
     """The trial's full, validated settings (fixed + sampled + defaults), or the raw merge if they do not validate
     (an errored trial with an invalid configuration still gets its row)."""
-    from search.sweep import trial_settings
-    from trainables.trial import TrialSpec
+    from trainables.trial import TrialSpec, trial_settings
 
     try:
         method, settings = trial_settings(fixed, config)
@@ -224,20 +102,20 @@ def _spec_settings(fixed: Mapping[str, Any], config: Mapping[str, Any]) -> tuple
 # Building the tables
 
 
-def _status(t: _Trial) -> str:
+def _status(t: TrialFiles) -> str:
     if t.error is not None or t.tune_status == "ERROR":
-        return "diverged" if t.error and ("diverged" in t.error or "FloatingPointError" in t.error) else "errored"
+        return DIVERGED if t.error and ("diverged" in t.error or "FloatingPointError" in t.error) else ERRORED
     last = t.results[-1] if t.results else {}
     if last.get("finished"):
-        return "completed"
+        return COMPLETED
     if t.tune_status == "TERMINATED":
-        return "stopped_early"
+        return STOPPED
     if t.tune_status is None and t.known_to_state:
-        return "abandoned"  # started after the last experiment snapshot of a driver that died; resume re-asks it
-    return "running"
+        return ABANDONED  # started after the last experiment snapshot of a driver that died; resume re-asks it
+    return RUNNING
 
 
-def _optuna_numbers(study, trials: list[_Trial], sweep_objective: list[str]) -> dict[str, int]:
+def _optuna_numbers(study, trials: list[TrialFiles], sweep_objective: list[str]) -> dict[str, int]:
     """Match each Tune trial to the Optuna trial with the same sampled parameters (repeats share one)."""
     if study is None:
         return {}
@@ -265,14 +143,12 @@ def _load_study(cfg):
 
 def build_tables(path: str | os.PathLike) -> SweepTables:
     """Read one sweep's experiment directory into its tables."""
-    from search.sweep import read_sweep_file
-
     exp = Path(path).resolve()
     cfg = read_sweep_file(str(exp))
     study = _load_study(cfg)
-    trials = _read_trials(exp)
+    trials = read_trials(exp)
     numbers = _optuna_numbers(study, trials, [o.metric for o in cfg.objective])
-    kinds = _setting_types()
+    kinds = setting_types()
 
     trial_rows, epoch_rows = [], []
     for t in trials:
@@ -294,7 +170,7 @@ def build_tables(path: str | os.PathLike) -> SweepTables:
             "repeat": int(t.config.get("__trial_index__", 0)),
             "sampled": ",".join(sorted(k for k in t.config if not k.startswith("__"))),
             "epochs_run": last.get("epoch"),
-            "stopped_early": _status(t) == "stopped_early",
+            "stopped_early": _status(t) == STOPPED,
             "knn_top1": last.get("knn_top1"),
             "best_knn_top1": _best(results, "knn_top1", max),
             "train_loss": last.get("train_loss"),
@@ -321,26 +197,26 @@ def build_tables(path: str | os.PathLike) -> SweepTables:
                 key not in row
                 and key not in TUNE_KEYS
                 and key not in PER_EPOCH
-                and _numeric(value)
+                and is_number(value)
                 and key not in settings
             ):
                 row[key] = float(value)
         for key, value in settings.items():
             if key not in row or key in ("seed",):
-                row[key] = _flow(value) if kinds.get(key) == "list" else value
+                row[key] = yaml_flow(value) if kinds.get(key) == "list" and value is not None else value
         trial_rows.append(row)
         for r in results:
             epoch_rows.append(
                 {
                     "trial_id": t.trial_id,
                     "method": method,
-                    **{k: v for k, v in r.items() if k not in TUNE_KEYS and _numeric(v)},
+                    **{k: v for k, v in r.items() if k not in TUNE_KEYS and is_number(v)},
                     "time_total_s": r.get("time_total_s"),
                 }
             )
 
-    trials_df = _typed_frame(trial_rows, TRIAL_COLUMNS, kinds)
-    epochs_df = _typed_frame(epoch_rows, EPOCH_COLUMNS, {})
+    trials_df = typed_frame(trial_rows, TRIAL_COLUMNS, kinds)
+    epochs_df = typed_frame(epoch_rows, EPOCH_COLUMNS, {})
     epochs_df = epochs_df.drop(
         columns=[c for c in ("finished", "gathered_negatives", "world_size", "per_worker_batch") if c in epochs_df]
     )
@@ -356,79 +232,14 @@ def build_tables(path: str | os.PathLike) -> SweepTables:
     )
 
 
-def _numeric(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
 def _best(results: list[dict], key: str, fn) -> float | None:
-    values = [r[key] for r in results if _numeric(r.get(key))]
+    values = [r[key] for r in results if is_number(r.get(key))]
     return float(fn(values)) if values else None
 
 
 def _mean(results: list[dict], key: str) -> float | None:
-    values = [r[key] for r in results if _numeric(r.get(key))]
+    values = [r[key] for r in results if is_number(r.get(key))]
     return float(np.mean(values)) if values else None
-
-
-def _arrow_kind(t: pa.DataType) -> str:
-    if pa.types.is_dictionary(t):
-        return "category"
-    if pa.types.is_floating(t):
-        return "float"
-    if pa.types.is_integer(t):
-        return "int"
-    if pa.types.is_boolean(t):
-        return "bool"
-    if pa.types.is_timestamp(t):
-        return "timestamp"
-    return "str"
-
-
-def _typed_frame(
-    rows: list[dict], schema: list[tuple[str, pa.DataType, str]], kinds: Mapping[str, str]
-) -> pd.DataFrame:
-    """A DataFrame with the documented columns first, in order and type, then the setting and extra columns."""
-    df = pd.DataFrame(rows)
-    documented = {name: _arrow_kind(t) for name, t, _ in schema}
-    for name in documented:
-        if name not in df:
-            df[name] = None
-    extra = [c for c in df.columns if c not in documented]
-    df = df[[*documented, *extra]]
-    for col in df.columns:
-        kind = documented.get(col) or {
-            "float": "float",
-            "int": "int",
-            "bool": "bool",
-            "str": "category",
-            "list": "str",
-        }.get(kinds.get(col, ""), None)
-        if kind is None:
-            kind = (
-                "float"
-                if all(_numeric(v) or v is None or (isinstance(v, float) and math.isnan(v)) for v in df[col])
-                else "str"
-            )
-        df[col] = _cast(df[col], kind)
-    return df
-
-
-def _cast(s: pd.Series, kind: str) -> pd.Series:
-    if kind == "float":
-        return pd.to_numeric(s, errors="coerce").astype("float64")
-    if kind == "int":
-        return pd.to_numeric(s, errors="coerce").astype("Int64")
-    if kind == "bool":
-        return s.map(lambda v: None if v is None or (isinstance(v, float) and math.isnan(v)) else bool(v)).astype(
-            "boolean"
-        )
-    if kind == "category":
-        return s.map(lambda v: None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)).astype(
-            "category"
-        )
-    if kind == "timestamp":
-        return pd.to_datetime(s, utc=True).astype("datetime64[s, UTC]")
-    return s.map(lambda v: None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)).astype("string")
 
 
 def _leaderboard(trials: pd.DataFrame, cfg) -> pd.DataFrame:
@@ -456,7 +267,7 @@ def _leaderboard(trials: pd.DataFrame, cfg) -> pd.DataFrame:
             "metric": metric,
             "mode": obj.mode,
             "n_trials": len(group),
-            "n_completed": int((group["status"] == "completed").sum()),
+            "n_completed": int((group["status"] == COMPLETED).sum()),
             "device_hours": float(group["device_s"].fillna(0).sum() / 3600),
         }
         if best is not None:
@@ -477,7 +288,7 @@ def _leaderboard(trials: pd.DataFrame, cfg) -> pd.DataFrame:
                 best_knn_top1=_nanmean(g["best_knn_top1"]),
             )
         rows.append(row)
-    return _typed_frame(rows, LEADERBOARD_COLUMNS, {})
+    return typed_frame(rows, LEADERBOARD_COLUMNS, {})
 
 
 def _nanmean(s: pd.Series) -> float | None:
@@ -547,42 +358,6 @@ def _pareto(study, cfg) -> pd.DataFrame:
 # Writing
 
 
-DICT = pa.dictionary(pa.int32(), pa.string())
-
-
-def _to_arrow(df: pd.DataFrame, documented: list[tuple[str, pa.DataType, str]] = ()) -> pa.Table:
-    """The Arrow table with the documented types, and plain ``string`` / ``dictionary<int32, string>`` elsewhere
-    (pandas would pick large_string and narrow dictionary indices, which vary with the data)."""
-    table = pa.Table.from_pandas(df, preserve_index=False)
-    types = {name: t for name, t, _ in documented}
-    fields = []
-    for f in table.schema:
-        t = types.get(f.name, f.type)
-        if f.name not in types:
-            if pa.types.is_large_string(t):
-                t = pa.string()
-            elif pa.types.is_dictionary(t):
-                t = DICT
-            elif pa.types.is_null(t):
-                t = pa.string()
-        fields.append(pa.field(f.name, t))
-    return table.cast(pa.schema(fields, metadata=table.schema.metadata))
-
-
-def _atomic_parquet(df: pd.DataFrame, path: Path, documented: list[tuple[str, pa.DataType, str]] = ()) -> None:
-    """Write ``df`` to ``path`` via a temporary file in the same directory and an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    table = _to_arrow(df, documented)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_tables(paths: Iterable[str | os.PathLike], out: str | os.PathLike) -> list[SweepTables]:
     """Build every sweep's tables and write them under ``out`` (partitioned by sweep). Returns the tables."""
     out = Path(out)
@@ -593,6 +368,6 @@ def write_tables(paths: Iterable[str | os.PathLike], out: str | os.PathLike) -> 
             df = getattr(tables, name)
             if "sweep" in df:
                 df = df.drop(columns=["sweep"])  # the partition directory carries it
-            _atomic_parquet(df, out / name / f"sweep={tables.sweep}" / "part-0.parquet", SCHEMAS.get(name, []))
+            write_parquet(df, out / name / f"sweep={tables.sweep}" / "part-0.parquet", SCHEMAS.get(name, []))
         written.append(tables)
     return written

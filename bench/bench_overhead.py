@@ -40,7 +40,8 @@ def main() -> None:
     plain = (time.perf_counter() - t0) / a.trials
 
     from search.cluster import init_ray
-    from search.sweep import SweepConfig, build_tuner
+    from search.spec import SweepConfig
+    from search.sweep import build_tuner
 
     init_ray(num_cpus=2, driver_slots=1)
     rows = [("plain loop, one process", plain, 0.0)]

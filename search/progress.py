@@ -1,4 +1,4 @@
-"""A concise live table of a sweep's trials (a Tune Callback), and the leaderboard printed at the end.
+"""A concise live table of a sweep's trials (a Tune Callback).
 
 On a terminal the table redraws in place at most once a second; otherwise (CI, files) it is printed when a trial
 finishes and at most every ``interval_s`` seconds, so logs stay short. Ray's own output goes to its log files.
@@ -8,47 +8,27 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any, TextIO
 
 from ray.tune import Callback
 
-__all__ = ["ProgressTable", "finished_status", "format_table", "leaderboard_rows"]
+from search.printing import RESULT_COLUMNS, finished_status, format_table, status_of
+from search.spec import ERRORED
 
-STATUS = {"PENDING": "pending", "RUNNING": "running", "TERMINATED": "done", "ERROR": "error", "PAUSED": "paused"}
+__all__ = ["ProgressTable"]
+
 HIDDEN = {"dataset", "data_dir", "seed"}
 
 
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    if v is None:
-        return "-"
-    return str(v)
-
-
-def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
-    """Plain fixed-width table of ``rows`` (dicts) with the given column order."""
-    cells = [[_fmt(r.get(c)) for c in columns] for r in rows]
-    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
-    return "\n".join(lines)
-
-
-def finished_status(result: Mapping[str, Any] | None) -> str:
-    """``done`` when the trial ran to its last epoch (final probes reported), else ``stopped`` (early stopping)."""
-    return "done" if (result or {}).get("finished") else "stopped"
-
-
-def trial_row(
+def _trial_row(
     trial_id: str, config: Mapping[str, Any], result: Mapping[str, Any] | None, status: str, params: Iterable[str]
 ) -> dict[str, Any]:
     result = result or {}
-    row = {"trial": trial_id, "status": STATUS.get(status, status.lower()), "method": config.get("method")}
+    row = {"trial": trial_id, "status": status, "method": config.get("method")}
     for p in params:
         row[p] = config.get(p)
-    for m in ("epoch", "knn_top1", "linear_top1"):
+    for m in RESULT_COLUMNS:
         row[m] = result.get(m)
     return row
 
@@ -74,8 +54,9 @@ class ProgressTable(Callback):
             if k not in self._params and k != "method" and k not in HIDDEN:
                 self._params.append(k)
         previous = self._rows.get(trial.trial_id, {})
-        merged = result if result is not None else {k: previous.get(k) for k in ("epoch", "knn_top1", "linear_top1")}
-        self._rows[trial.trial_id] = trial_row(trial.trial_id, config, merged, status or trial.status, self._params)
+        merged = result if result is not None else {k: previous.get(k) for k in RESULT_COLUMNS}
+        status = status or status_of(trial.status, merged)
+        self._rows[trial.trial_id] = _trial_row(trial.trial_id, config, merged, status, self._params)
         now = time.monotonic()
         if force or now - self._last >= self.interval_s:
             self._draw()
@@ -83,7 +64,7 @@ class ProgressTable(Callback):
 
     def _draw(self) -> None:
         text = format_table(
-            list(self._rows.values()), ["trial", "status", "method", *self._params, "epoch", "knn_top1", "linear_top1"]
+            list(self._rows.values()), ["trial", "status", "method", *self._params, *RESULT_COLUMNS]
         )
         if self.tty and self._drawn_lines:
             self.stream.write(f"\x1b[{self._drawn_lines}F\x1b[J")  # move up and clear: redraw in place
@@ -102,19 +83,10 @@ class ProgressTable(Callback):
         self._update(trial, trial.last_result, force=True, status=finished_status(trial.last_result))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._update(trial, trial.last_result, force=True, status="error")
+        self._update(trial, trial.last_result, force=True, status=ERRORED)
 
     def on_experiment_end(self, trials, **info):
         for t in trials:
-            status = (
-                "error" if t.status == "ERROR" else finished_status(t.last_result) if t.status == "TERMINATED" else None
-            )
-            self._update(t, t.last_result, status=status)
+            self._update(t, t.last_result, status=status_of(t.status, t.last_result))
         self._draw()
 
-
-def leaderboard_rows(trials: Iterable[Mapping[str, Any]], metric: str, mode: str) -> list[dict[str, Any]]:
-    """Rows sorted best-first by ``metric`` (trials without it last)."""
-    rows = list(trials)
-    sign = -1.0 if mode == "max" else 1.0
-    return sorted(rows, key=lambda r: (r.get(metric) is None, sign * (r.get(metric) or 0.0)))

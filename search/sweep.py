@@ -14,211 +14,26 @@ import json
 import math
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from search.cluster import DRIVER_RESOURCE, ClusterResources, TrialResources, check_feasible
-from trainables.config import ConfigError, TrainConfig, check_choice, check_range, config_fields
+from search.cluster import DRIVER_RESOURCE, ClusterResources, check_feasible
+from search.spec import SweepConfig
+from trainables.config import ConfigError
+from trainables.trial import TrialSpec, prepare_trial, trial_settings
 
 __all__ = [
-    "Objective",
-    "SweepConfig",
     "build_tuner",
-    "known_metrics",
-    "parse_objective",
+    "capacity",
+    "fail_orphaned_study_trials",
     "restore_tuner",
     "trial_driver",
     "validate_sweep",
 ]
 
-SWEEP_FILE = "sweep.json"
-SCHEDULERS = ("asha", "hyperband", "fifo")
-SAMPLERS = ("tpe", "random", "cmaes", "gp", "nsga2")
-EXECUTORS = ("auto", "train", "inline")
-#: Metrics every trial reports per epoch; the final epoch adds the probes.
-EPOCH_METRICS = (
-    "epoch",
-    "train_loss",
-    "knn_top1",
-    "best_knn_top1",
-    "epoch_time_s",
-    "eval_time_s",
-    "images_per_s",
-    "peak_mem_mb",
-    "current_lr",
-    "step",
-)
-FINAL_METRICS = ("linear_top1", "best_linear_top1", "linear_val_top1", "logreg_top1", "ensemble_top1")
 
-
-def known_metrics() -> set[str]:
-    """Every metric name some trial reports: the shared ones plus each registered method's extras."""
-    from trainables.methods import METHODS
-
-    names = set(EPOCH_METRICS) | set(FINAL_METRICS)
-    for cls in METHODS.values():
-        names |= set(getattr(cls, "metrics", ()))
-    return names
-
-
-@dataclass(frozen=True)
-class Objective:
-    """One metric to optimise and its direction."""
-
-    metric: str
-    mode: Literal["max", "min"] = "max"
-
-
-def parse_objective(text: str) -> tuple[Objective, ...]:
-    """``"knn_top1"`` or ``"knn_top1:max,epoch_time_s:min"`` -> Objectives; ConfigError names unknown metrics."""
-    out = []
-    for part in (p.strip() for p in text.split(",") if p.strip()):
-        metric, _, mode = part.partition(":")
-        mode = mode or ("min" if metric.endswith(("_s", "_mb", "loss")) else "max")
-        check_choice("objective mode", mode, ("max", "min"))
-        if metric not in known_metrics():
-            raise ConfigError(
-                f"`objective` metric {metric!r} is not reported by any trial; choose from "
-                f"{', '.join(sorted(known_metrics()))}"
-            )
-        out.append(Objective(metric, mode))  # type: ignore[arg-type]
-    if not out:
-        raise ConfigError(f"`objective` must name at least one metric, but got objective={text!r}")
-    return tuple(out)
-
-
-@dataclass(frozen=True)
-class SweepConfig:
-    """Everything a sweep needs, JSON-serialisable (saved as ``<storage>/<name>/sweep.json``)."""
-
-    name: str
-    space: str
-    storage_path: str
-    fixed: dict[str, Any] = field(default_factory=dict)  # settings every trial shares (--set, --dataset, ...)
-    trials: int = 20  # sampled configurations (Tune runs trials * repeats)
-    repeats: int = 1  # seeds per sampled configuration
-    concurrency: int | None = None  # None: derived from the cluster and one trial's resources
-    workers: int = 1
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0
-    executor: Literal["auto", "train", "inline"] = "auto"
-    scheduler: Literal["asha", "hyperband", "fifo"] = "asha"
-    grace_period: int | None = None  # None: 10 % of the epochs (contrastive runs rank poorly early)
-    reduction_factor: float = 3.0
-    sampler: Literal["tpe", "random", "cmaes", "gp", "nsga2"] = "tpe"
-    objective: tuple[Objective, ...] = (Objective("knn_top1", "max"),)
-    seed: int = 0
-    study_storage: str | None = None  # Optuna storage URL; None: SQLite file in the experiment directory
-    max_failures: int = 1  # Tune retries of a failed trial (from its last checkpoint)
-
-    def __post_init__(self) -> None:
-        check_range("trials", self.trials, low=1)
-        check_range("repeats", self.repeats, low=1)
-        if self.concurrency is not None:
-            check_range("concurrency", self.concurrency, low=1)
-        check_choice("executor", self.executor, EXECUTORS)
-        check_choice("scheduler", self.scheduler, SCHEDULERS)
-        check_choice("sampler", self.sampler, SAMPLERS)
-        check_range("reduction_factor", self.reduction_factor, low=1.0, low_inclusive=False)
-        if self.grace_period is not None:
-            check_range("grace_period", self.grace_period, low=1)
-        check_range("max_failures", self.max_failures, low=0)
-        if not self.name or "/" in self.name:
-            raise ConfigError(f"`name` must be a non-empty name without '/', but got name={self.name!r}")
-        if self.repeats > 1 and len(self.objective) > 1:
-            raise ConfigError(
-                "`repeats` > 1 averages one objective over seeds; it cannot be combined with a "
-                f"multi-objective `objective` ({len(self.objective)} metrics)"
-            )
-        if self.sampler == "cmaes" and len(self.objective) > 1:
-            raise ConfigError("`sampler=cmaes` is single-objective; use nsga2, tpe or random for several objectives")
-
-    # -- derived -------------------------------------------------------------------------------------------------------
-    @property
-    def resources(self) -> TrialResources:
-        return TrialResources(self.workers, self.cpus_per_worker, self.gpus_per_worker)
-
-    @property
-    def resolved_executor(self) -> str:
-        if self.executor != "auto":
-            return self.executor
-        return "inline" if self.workers == 1 else "train"
-
-    @property
-    def experiment_path(self) -> str:
-        return f"{self.storage_path.rstrip('/')}/{self.name}"
-
-    @property
-    def is_local_storage(self) -> bool:
-        return "://" not in self.storage_path or self.storage_path.startswith("file://")
-
-    @property
-    def study_url(self) -> str:
-        if self.study_storage:
-            return self.study_storage
-        if self.is_local_storage:
-            return f"sqlite:///{Path(self.experiment_path.removeprefix('file://'))}/study.db"
-        # remote storage: keep the study on the driver node (a job's working dir is temporary)
-        return f"sqlite:///{Path.home() / '.csweep' / 'studies' / self.name}.db"
-
-    @property
-    def epochs(self) -> int:
-        return int(self.fixed.get("epochs", TrainConfig().epochs))
-
-    @property
-    def scheduler_objective(self) -> Objective:
-        """The metric the scheduler stops on: the first objective reported every epoch, else knn_top1."""
-        for o in self.objective:
-            if o.metric in EPOCH_METRICS or o.metric in _per_epoch_extras():
-                return o
-        return Objective("knn_top1", "max")
-
-    # -- persistence ---------------------------------------------------------------------------------------------------
-    def to_json(self) -> str:
-        d = dataclasses.asdict(self)
-        d["objective"] = [dataclasses.asdict(o) for o in self.objective]
-        return json.dumps(d, indent=2, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> SweepConfig:
-        d = json.loads(text)
-        d["objective"] = tuple(Objective(**o) for o in d["objective"])
-        return cls(**d)
-
-
-def _per_epoch_extras() -> set[str]:
-    from trainables.methods import METHODS
-
-    return {m for cls in METHODS.values() for m in getattr(cls, "epoch_metrics", ())}
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Settings of one trial
-
-
-def trial_settings(fixed: Mapping[str, Any], sampled: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-    """Merge fixed and sampled settings for one trial; fixed settings that belong only to *other* methods (e.g. a
-    ``temperature`` in a ``compare`` sweep, for the ``ce`` trials) are left out. Returns (method, settings)."""
-    from trainables.methods import METHODS, get_method
-
-    merged = {**{k: v for k, v in sampled.items() if not k.startswith("__")}, **fixed}
-    method = merged.pop("method", None)
-    if method is None:
-        raise ConfigError("`method` is neither sampled by the space nor fixed with --set method=...")
-    own = set(config_fields(TrainConfig)) | set(config_fields(get_method(method).Config))
-    foreign = {f for cls in METHODS.values() for f in config_fields(cls.Config)} - own
-    settings = {k: v for k, v in merged.items() if k not in foreign}
-    if "__trial_index__" in sampled:  # --repeats: the k-th copy of a configuration trains with seed + k
-        settings["seed"] = int(settings.get("seed", 0)) + int(sampled["__trial_index__"])
-    return method, settings
-
-
-def _spec(fixed: Mapping[str, Any], sampled: Mapping[str, Any]):
-    from trainables.trial import TrialSpec
-
-    method, settings = trial_settings(fixed, sampled)
-    return TrialSpec.from_settings(method, settings)
+def _spec(fixed: Mapping[str, Any], sampled: Mapping[str, Any]) -> TrialSpec:
+    return TrialSpec.from_settings(*trial_settings(fixed, sampled))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -324,7 +139,6 @@ def validate_sweep(
     trial, the dataset is there, the study storage opens, the cluster can hold one trial. Raises ConfigError."""
     import optuna
 
-    from search.cli import prepare_trial
     from spaces import load_space
 
     space = load_space(cfg.space)
@@ -345,7 +159,7 @@ def validate_sweep(
         method, settings = trial_settings(fixed, sampled)
         key = (method, tuple(sorted(settings)))
         if key not in checked:  # one dataset / world-size check per distinct structure
-            prepare_trial(method, settings, cfg.resources)
+            prepare_trial(method, settings, workers=cfg.workers, gpus_per_worker=cfg.gpus_per_worker)
             checked.add(key)
         else:
             _spec(fixed, sampled)
@@ -461,32 +275,6 @@ def _tune_run_config(cfg: SweepConfig, callbacks: list):
         callbacks=callbacks,
         verbose=0,
     )
-
-
-def write_sweep_file(cfg: SweepConfig) -> None:
-    """Save the SweepConfig beside Tune's experiment state (any storage pyarrow understands)."""
-    import pyarrow.fs
-
-    fs, path = pyarrow.fs.FileSystem.from_uri(
-        cfg.experiment_path
-        if not cfg.is_local_storage
-        else str(Path(cfg.experiment_path.removeprefix("file://")).resolve())
-    )
-    fs.create_dir(path, recursive=True)
-    with fs.open_output_stream(f"{path}/{SWEEP_FILE}") as f:
-        f.write(cfg.to_json().encode())
-
-
-def read_sweep_file(experiment_path: str) -> SweepConfig:
-    import pyarrow.fs
-
-    uri = experiment_path if "://" in experiment_path else str(Path(experiment_path).resolve())
-    fs, path = pyarrow.fs.FileSystem.from_uri(uri)
-    try:
-        with fs.open_input_stream(f"{path}/{SWEEP_FILE}") as f:
-            return SweepConfig.from_json(f.read().decode())
-    except (FileNotFoundError, OSError) as e:
-        raise ConfigError(f"`name`: no sweep at {experiment_path} (missing {SWEEP_FILE})") from e
 
 
 def build_tuner(cfg: SweepConfig, *, concurrency: int, callbacks: list | None = None):

@@ -14,9 +14,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from spaces._describe import describe_space
 from trainables.config import ConfigError
 
-__all__ = ["SpaceModule", "list_spaces", "load_space"]
+__all__ = ["SpaceModule", "describe_space", "list_spaces", "load_space"]
 
 
 @dataclass(frozen=True)

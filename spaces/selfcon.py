@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from spaces._util import Params
+from trainables.config import yaml_flow
 from trainables.nets import EXIT_SIZES, backbone_info
 
 METHOD = "selfcon"
@@ -33,7 +34,7 @@ def position_choices(backbone: str) -> list[str]:
     n = len(backbone_info(backbone).attach_points)
     flags = [f for f in itertools.product((False, True), repeat=n) if any(f)]
     flags.sort(key=lambda f: (sum(f), [not x for x in f]))
-    return ["[" + ",".join("true" if x else "false" for x in f) + "]" for f in flags]
+    return [yaml_flow(f) for f in flags]
 
 
 def params(trial: Any, fixed: Mapping[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from trainables.config import yaml_flow
+
 ROOT = Path(__file__).resolve().parents[1]
 
 #: Settings that make every method train a tiny net on digits in seconds on 2 CPU cores.
@@ -32,7 +34,7 @@ def run_cli(*args: str, timeout: float = 600, env: dict | None = None) -> subpro
 def set_args(settings: dict) -> list[str]:
     out = []
     for key, value in settings.items():
-        out += ["--set", f"{key}={str(value).lower() if isinstance(value, bool) else value}"]
+        out += ["--set", f"{key}={yaml_flow(value)}"]
     return out
 
 

@@ -104,7 +104,7 @@ def test_ablation_pivot_on_a_hand_made_frame():
         "selfcon_pos": ["[false, true, false]"] * 4 + ["[true, true, false]"] * 2,
         "selfcon_size": ["fc", "fc", "same", "same", "fc", "fc"],
         "linear_top1": [0.80, 0.82, 0.90, np.nan, 0.70, 0.74],
-        "status": ["completed"] * 5 + ["stopped_early"],
+        "status": ["completed"] * 5 + ["stopped"],
     })
     pivot = analysis.ablation(df, rows="selfcon_pos", cols="selfcon_size", metric="linear_top1")
     assert pivot[("mean", "fc")]["[false, true, false]"] == pytest.approx(0.81)

@@ -27,7 +27,7 @@ ZERO, ONE = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
 def identity(size: int = 16, **changes) -> AugmentConfig:
     """A config that changes nothing: full-image crop at the input size, every op off."""
     base = AugmentConfig(size=size, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_p=0.0, jitter_p=0.0, grayscale_p=0.0)
-    return dataclasses.replace(base, **changes)
+    return base.replace(**changes)
 
 
 def images(b: int = 8, size: int = 16, seed: int = 0) -> torch.Tensor:
@@ -314,3 +314,11 @@ def test_ycbcr_known_values() -> None:
     assert torch.allclose(ycc, expected, atol=1e-3)
     with pytest.raises(ValueError, match="float RGB"):
         to_ycbcr(images())
+
+
+def test_replace_overrides_one_field_and_validates() -> None:
+    aug = supcon_augment(32)
+    changed = aug.replace(scale=(0.08, 1.0))
+    assert changed.scale == (0.08, 1.0) and changed.size == aug.size and aug.scale != changed.scale
+    with pytest.raises(ValueError, match="scale"):
+        aug.replace(scale=(0.0, 1.0))

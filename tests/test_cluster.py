@@ -106,7 +106,7 @@ HEAD = {"CPU": 0.0, DRIVER_RESOURCE: 16.0, "node:__internal_head__": 1.0}
 
 
 def _sweep(**kw):
-    from search.sweep import SweepConfig
+    from search.spec import SweepConfig
 
     return SweepConfig(name="x", space="supcon", storage_path="/tmp/x", **kw)
 

@@ -79,3 +79,27 @@ def test_batch_must_divide_world():
 def test_coerce_converts_lists_to_tuples_and_ints_to_floats():
     cfg = coerce_dataclass(TrainConfig, {"lr": 1, "mean": [0.5, 0.5, 0.5]})
     assert cfg.lr == 1.0 and isinstance(cfg.lr, float) and cfg.mean == (0.5, 0.5, 0.5)
+
+
+@pytest.mark.parametrize(("field", "allowed"), [("stem", "auto, cifar, imagenet"), ("optimizer", "sgd, lars, adam"),
+                                                ("lr_scaling", "none, linear"), ("schedule", "cosine, step, constant"),
+                                                ("amp", "off, bf16, fp16")])
+def test_literal_fields_are_checked_against_their_annotation(field: str, allowed: str) -> None:
+    """Built directly (not through coerce_dataclass), every Literal field is still checked, from its annotation."""
+    with pytest.raises(ConfigError, match=rf"^`{field}` must be one of {allowed}; got {field}='bad'$"):
+        TrainConfig(**{field: "bad"})
+
+
+def test_sweep_choices_come_from_their_annotation() -> None:
+    from search.spec import SAMPLERS, SweepConfig
+
+    assert SAMPLERS == ("tpe", "random", "cmaes", "gp", "nsga2")
+    with pytest.raises(ConfigError, match=r"^`sampler` must be one of tpe, random, cmaes, gp, nsga2; got sampler='x'$"):
+        SweepConfig(name="s", space="supcon", storage_path="/tmp", sampler="x")
+
+
+def test_yaml_flow_is_what_set_parses() -> None:
+    from trainables.config import yaml_flow
+
+    assert yaml_flow((False, True, False)) == "[false,true,false]" and yaml_flow([1, 30]) == "[1,30]"
+    assert parse_overrides([f"x={yaml_flow([True, 0.5])}"]) == {"x": [True, 0.5]}

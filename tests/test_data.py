@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trainables.data import DATASETS, DataError, ImageData, check_dataset, load_dataset
-from trainables.data import datasets as ds_mod
+from trainables.data import DATASETS, DataError, ImageData, check_dataset, load_dataset, readers
 
 RNG = np.random.default_rng(123)
 
@@ -178,7 +177,7 @@ def test_second_load_reads_the_cache_not_the_files(tmp_path: Path, cache: Path,
     write_cifar(tmp_path)
     first = load_dataset("cifar10", data_dir=tmp_path, cache_dir=cache)
     calls = []
-    monkeypatch.setattr(ds_mod, "_read_cifar_file", lambda *a: calls.append(a))
+    monkeypatch.setattr(readers, "read_cifar_file", lambda *a: calls.append(a))
     # Garbage of the same size and mtime: only a decode would notice.
     batch = tmp_path / "cifar-10-batches-py" / "data_batch_1"
     st = batch.stat()
@@ -313,7 +312,7 @@ def test_folder_second_load_does_not_decode(tmp_path: Path, cache: Path, monkeyp
     write_tree(tmp_path / "train", {"a": 4, "b": 4}, size=8)
     write_tree(tmp_path / "val", {"a": 1, "b": 1}, size=8)
     first = load_dataset("imagenet", data_dir=tmp_path, size=8, cache_dir=cache)
-    monkeypatch.setattr(ds_mod._FileSource, "_decode", lambda *a: pytest.fail("decoded again"))
+    monkeypatch.setattr(readers.FileSource, "_decode", lambda *a: pytest.fail("decoded again"))
     second = load_dataset("imagenet", data_dir=tmp_path, size=8, cache_dir=cache)
     assert np.array_equal(first.train.images, second.train.images)
     assert second.mean == (0.485, 0.456, 0.406)

@@ -27,16 +27,14 @@ def _study(path: Path, name: str) -> optuna.Study:
 def _tune_trials(exp: Path, *, known_only: bool = False) -> list[dict]:
     """Each Tune trial's params and reported results, read from its directory (``known_only``: only the trials in
     Tune's newest experiment snapshot, leaving out directories a killed driver created after it)."""
-    from analysis.tables import _experiment_state
+    from analysis.tune_files import experiment_state, read_results  # read_results tolerates a torn last line
 
-    known = {v["relative_logdir"] for v in _experiment_state(exp).values()} if known_only else None
+    known = {v["relative_logdir"] for v in experiment_state(exp).values()} if known_only else None
     out = []
     for d in sorted(p for p in exp.iterdir() if p.is_dir() and p.name.startswith("trial_driver_")):
         if not (d / "params.json").exists() or (known is not None and d.name not in known):
             continue
-        from analysis.tables import _read_results  # tolerates a line torn by a concurrent write
-
-        results = _read_results(d)
+        results = read_results(d)
         out.append({"dir": d, "config": json.loads((d / "params.json").read_text()), "results": results})
     return out
 
@@ -75,7 +73,7 @@ def test_fixed_settings_are_not_sampled():
         (["supcon", "--study-storage", "notadb://x"], "`study_storage`"),
         (["supcon", "--trials", "0"], "`1 <= trials`"),
         (["supcon", "--gpus-per-worker", "2"], "no node has that much"),
-        (["supcon", "--workers-per-trial", "3", "--set", "batch_size=128"], "multiple of the number of workers"),
+        (["supcon", "--workers", "3", "--set", "batch_size=128"], "multiple of the number of workers"),
         (["supcon", "--repeats", "2", "--objective", "knn_top1,epoch_time_s"], "`repeats`"),
     ],
 )
@@ -112,6 +110,8 @@ def test_quickstart_sweep_matches_study_stops_early_and_logs_tensorboard(tmp_pat
     assert all(list(t["dir"].glob("events.out.tfevents*")) for t in trials), "TensorBoard files missing"
     status = run_cli("status", "qs", "--storage-path", str(tmp_path))
     assert status.returncode == 0 and status.stdout.count("\n") >= 7, status.stderr
+    for text in (proc.stdout, status.stdout):  # one status vocabulary (search.spec), as in trials.parquet
+        assert " completed " in text and " stopped " in text, text
 
 
 @pytest.mark.slow

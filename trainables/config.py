@@ -8,6 +8,7 @@ validated on construction; a bad value raises :class:`ConfigError` naming the fi
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -21,12 +22,14 @@ __all__ = [
     "ConfigError",
     "TrainConfig",
     "check_choice",
+    "check_literals",
     "check_range",
     "coerce_dataclass",
     "config_fields",
     "describe_fields",
     "parse_overrides",
     "split_overrides",
+    "yaml_flow",
 ]
 
 
@@ -52,6 +55,33 @@ def check_choice(name: str, value: Any, choices: Iterable[Any]) -> None:
     choices = tuple(choices)
     if value not in choices:
         raise ConfigError(f"`{name}` must be one of {', '.join(map(str, choices))}; got {name}={value!r}")
+
+
+@functools.cache
+def _literal_fields(cls: type) -> dict[str, tuple[tuple[Any, ...], bool]]:
+    """field -> (allowed values, Optional?) for every field of dataclass ``cls`` annotated ``Literal[...]`` or
+    ``Literal[...] | None``."""
+    out = {}
+    for name, annotation in typing.get_type_hints(cls).items():
+        optional = False
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+            args = typing.get_args(annotation)
+            literals = [a for a in args if typing.get_origin(a) is Literal]
+            if len(literals) != 1 or len(args) != 2 or type(None) not in args:
+                continue
+            annotation, optional = literals[0], True
+        if typing.get_origin(annotation) is Literal:
+            out[name] = (typing.get_args(annotation), optional)
+    return out
+
+
+def check_literals(obj: Any) -> None:
+    """Check every ``Literal[...]`` field of dataclass instance ``obj`` against its annotation (``None`` passes where
+    the annotation allows it); raises :class:`ConfigError` naming the field and the allowed values."""
+    for name, (choices, optional) in _literal_fields(type(obj)).items():
+        value = getattr(obj, name)
+        if not (optional and value is None):
+            check_choice(name, value, choices)
 
 
 @dataclass(frozen=True)
@@ -104,16 +134,13 @@ class TrainConfig:
 
         check_choice("dataset", self.dataset, DATASETS)
         check_choice("backbone", self.backbone, tuple(BACKBONES))
+        check_literals(self)
         check_range("width", self.width, low=0.0, low_inclusive=False)
-        check_choice("stem", self.stem, ("auto", "cifar", "imagenet"))
         check_range("epochs", self.epochs, low=1)
         check_range("batch_size", self.batch_size, low=1)
-        check_choice("optimizer", self.optimizer, ("sgd", "lars", "adam"))
         check_range("lr", self.lr, low=0.0, low_inclusive=False)
-        check_choice("lr_scaling", self.lr_scaling, ("none", "linear"))
         check_range("momentum", self.momentum, low=0.0, high=1.0, high_inclusive=False)
         check_range("weight_decay", self.weight_decay, low=0.0)
-        check_choice("schedule", self.schedule, ("cosine", "step", "constant"))
         for e in self.lr_decay_epochs:
             check_range("lr_decay_epochs", e, low=1, high=self.epochs)
         if self.schedule == "step" and not self.lr_decay_epochs:
@@ -121,7 +148,6 @@ class TrainConfig:
         check_range("lr_decay_rate", self.lr_decay_rate, low=0.0, high=1.0, low_inclusive=False)
         check_range("warmup_epochs", self.warmup_epochs, low=0.0, high=self.epochs, high_inclusive=False)
         check_range("warmup_from", self.warmup_from, low=0.0)
-        check_choice("amp", self.amp, ("off", "bf16", "fp16"))
         check_range("grad_clip", self.grad_clip, low=0.0)
         check_range("knn_k", self.knn_k, low=1)
         check_range("knn_temperature", self.knn_temperature, low=0.0, low_inclusive=False)
@@ -243,6 +269,16 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
         except yaml.YAMLError as e:
             raise ConfigError(f"`--set {key}` value {raw!r} is not a YAML/JSON literal: {e.problem}") from e
     return out
+
+
+def yaml_flow(value: Any) -> str:
+    """``value`` as the YAML literal ``--set`` and the search spaces use: lists in flow style without spaces
+    (``[false,true,false]``), booleans as ``true``/``false``, anything else as ``str``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(yaml_flow(v) for v in value) + "]"
+    return str(value)
 
 
 def split_overrides(values: Mapping[str, Any], *owners: type) -> list[dict[str, Any]]:

@@ -3,6 +3,8 @@
 ``TrialSpec.from_settings("supcon", {"temperature": 0.2, "lr": 0.1})`` routes each flat key to the dataclass that
 owns it (method fields first, then TrainConfig), applies the method's recipe under the user's values, and validates.
 ``spec.flat()`` is the inverse: the flat dict that Tune configs, checkpoints and Parquet rows carry.
+:func:`trial_settings` merges a sweep's fixed and sampled settings into one trial's; :func:`prepare_trial` validates
+a trial completely (world size, precision, dataset files) before anything starts.
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from trainables.config import ConfigError, TrainConfig, coerce_dataclass, split_overrides
+from trainables.config import ConfigError, TrainConfig, coerce_dataclass, config_fields, split_overrides
 
-__all__ = ["TrialSpec"]
+__all__ = ["TrialSpec", "prepare_trial", "trial_settings"]
 
 
 @dataclass(frozen=True)
@@ -52,3 +54,39 @@ class TrialSpec:
             raise ConfigError(
                 f"`batch_size` must be a multiple of the number of workers ({world_size}) so every worker gets the "
                 f"same batch, but got batch_size={self.train.batch_size}")
+
+
+
+def trial_settings(fixed: Mapping[str, Any], sampled: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """Merge fixed and sampled settings for one trial; fixed settings that belong only to *other* methods (e.g. a
+    ``temperature`` in a ``compare`` sweep, for the ``ce`` trials) are left out. Returns (method, settings)."""
+    from trainables.methods import METHODS, get_method
+
+    merged = {**{k: v for k, v in sampled.items() if not k.startswith("__")}, **fixed}
+    method = merged.pop("method", None)
+    if method is None:
+        raise ConfigError("`method` is neither sampled by the space nor fixed with --set method=...")
+    own = set(config_fields(TrainConfig)) | set(config_fields(get_method(method).Config))
+    foreign = {f for cls in METHODS.values() for f in config_fields(cls.Config)} - own
+    settings = {k: v for k, v in merged.items() if k not in foreign}
+    if "__trial_index__" in sampled:  # --repeats: the k-th copy of a configuration trains with seed + k
+        settings["seed"] = int(settings.get("seed", 0)) + int(sampled["__trial_index__"])
+    return method, settings
+
+
+def prepare_trial(
+    method: str, settings: Mapping[str, Any], *, workers: int = 1, gpus_per_worker: float = 0.0, download: bool = False
+) -> TrialSpec:
+    """Validate a trial fully (config, world size, precision, dataset files, batch vs dataset size) without Ray.
+
+    Loading the dataset here also fills the node cache the workers then memory-map.
+    """
+    from trainables.loop import check_data, load_data
+
+    spec = TrialSpec.from_settings(method, settings)
+    spec.check_world(workers)
+    if spec.train.amp == "fp16" and not gpus_per_worker:
+        raise ConfigError("`amp=fp16` needs GPUs (--gpus-per-worker > 0); on CPU use amp=bf16 or amp=off")
+    data = load_data(spec.train, download=download)
+    check_data(spec, data)
+    return spec

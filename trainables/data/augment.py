@@ -114,6 +114,10 @@ class AugmentConfig:
         if not 0 <= self.solarize_threshold <= 1:
             raise _fail("solarize_threshold", "0 <= solarize_threshold <= 1", self.solarize_threshold)
 
+    def replace(self, **changes: Any) -> AugmentConfig:
+        """A copy with ``changes`` applied, validated like a new config (``aug.replace(scale=(0.08, 1.0))``)."""
+        return dataclasses.replace(self, **changes)
+
     @property
     def kernel_size(self) -> int:
         """The blur kernel size in use."""

@@ -206,7 +206,7 @@ class SelfCon(Method):
 
     def augmentations(self) -> list[AugmentConfig]:
         aug = supcon_augment(self.data.image_size)
-        aug = AugmentConfig(**{**aug.__dict__, "scale": (self.config.crop_scale_min, 1.0)})
+        aug = aug.replace(scale=(self.config.crop_scale_min, 1.0))
         return [aug] * (2 if self.config.multiview else 1)
 
     def loss(self, model: nn.Module, views: list[Tensor], labels: Tensor, *, step: int) -> tuple[Tensor, dict]:

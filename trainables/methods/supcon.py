@@ -70,7 +70,7 @@ class SupCon(Method):
 
     def augmentations(self) -> list[AugmentConfig]:
         aug = supcon_augment(self.data.image_size)
-        aug = AugmentConfig(**{**aug.__dict__, "scale": (self.config.crop_scale_min, 1.0)})
+        aug = aug.replace(scale=(self.config.crop_scale_min, 1.0))
         return [aug] * self.config.n_views
 
     def loss(self, model: nn.Module, views: list[Tensor], labels: Tensor, *, step: int) -> tuple[Tensor, dict]:

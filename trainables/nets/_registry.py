@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -31,6 +31,7 @@ __all__ = [
     "build_backbone",
     "check_backbone_args",
     "register_backbone",
+    "register_table",
     "scale_width",
     "init_weights",
     "small_depth",
@@ -82,6 +83,36 @@ def register_backbone(
         return factory
 
     return decorator
+
+
+def register_table(
+    table: Mapping[str, tuple[str, Mapping[str, Any]]],
+    build: Callable[..., nn.Module],
+    *,
+    family: str,
+    attach_points: Sequence[str],
+    module: str,
+) -> dict[str, BackboneFactory]:
+    """Register one factory per row of ``table`` (``name -> (docstring, fixed keyword arguments of build)``): the
+    factory ``name(*, stem, width, in_channels, zero_init_residual)`` calls ``build(**fixed, stem=..., ...)``.
+    Returns ``{name: factory}``, so the family module can bind each factory to its name (``module`` is its
+    ``__name__``, which makes the factories importable and picklable by name)."""
+    factories = {}
+    for name, (doc, fixed) in table.items():
+        factory = _table_factory(build, dict(fixed))
+        factory.__name__ = factory.__qualname__ = name
+        factory.__module__, factory.__doc__ = module, doc
+        factories[name] = register_backbone(name, family=family, attach_points=attach_points)(factory)
+    return factories
+
+
+def _table_factory(build: Callable[..., nn.Module], fixed: dict[str, Any]) -> BackboneFactory:
+    def factory(
+        *, stem: Stem = "cifar", width: float = 1.0, in_channels: int = 3, zero_init_residual: bool = False
+    ) -> nn.Module:
+        return build(**fixed, stem=stem, width=width, in_channels=in_channels, zero_init_residual=zero_init_residual)
+
+    return factory
 
 
 def backbone_info(name: str) -> BackboneInfo:

@@ -16,7 +16,7 @@ from trainables.nets._registry import (
     Stem,
     check_backbone_args,
     init_weights,
-    register_backbone,
+    register_table,
     scale_width,
 )
 
@@ -171,46 +171,24 @@ def _make_stem(stem: Stem, in_channels: int, out_channels: int) -> nn.Sequential
 # --------------------------------------------------------------------------------------------------------------------
 
 
-@register_backbone("resnet18", family="resnet", attach_points=ATTACH_POINTS)
-def resnet18(
-    *, stem: Stem = "cifar", width: float = 1.0, in_channels: int = 3, zero_init_residual: bool = False
-) -> ResNet:
-    """ResNet-18: BasicBlock x (2, 2, 2, 2); ``feature_dim = 512 * width``."""
-    return ResNet(
-        BasicBlock, (2, 2, 2, 2), stem=stem, width=width, in_channels=in_channels, zero_init_residual=zero_init_residual
-    )
+#: name -> (block, blocks per stage)
+DEPTHS: dict[str, tuple[Block, tuple[int, int, int, int]]] = {
+    "resnet18": (BasicBlock, (2, 2, 2, 2)),
+    "resnet34": (BasicBlock, (3, 4, 6, 3)),
+    "resnet50": (Bottleneck, (3, 4, 6, 3)),
+    "resnet101": (Bottleneck, (3, 4, 23, 3)),
+}
 
-
-@register_backbone("resnet34", family="resnet", attach_points=ATTACH_POINTS)
-def resnet34(
-    *, stem: Stem = "cifar", width: float = 1.0, in_channels: int = 3, zero_init_residual: bool = False
-) -> ResNet:
-    """ResNet-34: BasicBlock x (3, 4, 6, 3); ``feature_dim = 512 * width``."""
-    return ResNet(
-        BasicBlock, (3, 4, 6, 3), stem=stem, width=width, in_channels=in_channels, zero_init_residual=zero_init_residual
-    )
-
-
-@register_backbone("resnet50", family="resnet", attach_points=ATTACH_POINTS)
-def resnet50(
-    *, stem: Stem = "cifar", width: float = 1.0, in_channels: int = 3, zero_init_residual: bool = False
-) -> ResNet:
-    """ResNet-50: Bottleneck x (3, 4, 6, 3); ``feature_dim = 2048 * width``."""
-    return ResNet(
-        Bottleneck, (3, 4, 6, 3), stem=stem, width=width, in_channels=in_channels, zero_init_residual=zero_init_residual
-    )
-
-
-@register_backbone("resnet101", family="resnet", attach_points=ATTACH_POINTS)
-def resnet101(
-    *, stem: Stem = "cifar", width: float = 1.0, in_channels: int = 3, zero_init_residual: bool = False
-) -> ResNet:
-    """ResNet-101: Bottleneck x (3, 4, 23, 3); ``feature_dim = 2048 * width``."""
-    return ResNet(
-        Bottleneck,
-        (3, 4, 23, 3),
-        stem=stem,
-        width=width,
-        in_channels=in_channels,
-        zero_init_residual=zero_init_residual,
-    )
+resnet18, resnet34, resnet50, resnet101 = register_table(
+    {
+        name: (
+            f"ResNet-{name[6:]}: {block.__name__} x {blocks}; ``feature_dim = {512 * block.expansion} * width``.",
+            {"block": block, "num_blocks": blocks},
+        )
+        for name, (block, blocks) in DEPTHS.items()
+    },
+    ResNet,
+    family="resnet",
+    attach_points=ATTACH_POINTS,
+    module=__name__,
+).values()

@@ -19,7 +19,7 @@ from trainables.nets._registry import (
     Stem,
     check_backbone_args,
     init_weights,
-    register_backbone,
+    register_table,
     scale_width,
 )
 
@@ -88,40 +88,24 @@ class VGG(Backbone):
         layers.append(nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=True))
         return nn.Sequential(*layers)
 
-def _vgg(name: str, *, batch_norm: bool, stem: Stem, width: float, in_channels: int,
+def _vgg(*, convs: tuple[int, ...], batch_norm: bool, stem: Stem, width: float, in_channels: int,
          zero_init_residual: bool) -> VGG:
     if zero_init_residual:
         raise ValueError("`zero_init_residual` must be False for VGG (it has no residual branches), but got True")
-    return VGG(DEPTHS[name], batch_norm=batch_norm, stem=stem, width=width, in_channels=in_channels)
+    return VGG(convs, batch_norm=batch_norm, stem=stem, width=width, in_channels=in_channels)
 
 
-@register_backbone("vgg13", family="vgg", attach_points=ATTACH_POINTS)
-def vgg13(*, stem: Stem = "cifar", width: float = 1.0, in_channels: int = 3, zero_init_residual: bool = False) -> VGG:
-    """VGG-13 without BN: 2 convs per block."""
-    return _vgg("vgg13", batch_norm=False, stem=stem, width=width, in_channels=in_channels,
-                zero_init_residual=zero_init_residual)
-
-
-@register_backbone("vgg13_bn", family="vgg", attach_points=ATTACH_POINTS)
-def vgg13_bn(
-    *, stem: Stem = "cifar", width: float = 1.0, in_channels: int = 3, zero_init_residual: bool = False
-) -> VGG:
-    """VGG-13 with BN after every conv."""
-    return _vgg("vgg13", batch_norm=True, stem=stem, width=width, in_channels=in_channels,
-                zero_init_residual=zero_init_residual)
-
-
-@register_backbone("vgg16", family="vgg", attach_points=ATTACH_POINTS)
-def vgg16(*, stem: Stem = "cifar", width: float = 1.0, in_channels: int = 3, zero_init_residual: bool = False) -> VGG:
-    """VGG-16 without BN: (2, 2, 3, 3, 3) convs per block."""
-    return _vgg("vgg16", batch_norm=False, stem=stem, width=width, in_channels=in_channels,
-                zero_init_residual=zero_init_residual)
-
-
-@register_backbone("vgg16_bn", family="vgg", attach_points=ATTACH_POINTS)
-def vgg16_bn(
-    *, stem: Stem = "cifar", width: float = 1.0, in_channels: int = 3, zero_init_residual: bool = False
-) -> VGG:
-    """VGG-16 with BN after every conv."""
-    return _vgg("vgg16", batch_norm=True, stem=stem, width=width, in_channels=in_channels,
-                zero_init_residual=zero_init_residual)
+vgg13, vgg13_bn, vgg16, vgg16_bn = register_table(
+    {
+        f"{depth}{'_bn' if bn else ''}": (
+            f"VGG-{depth[3:]} {'with BN after every conv' if bn else 'without BN'}: {convs} convs per block.",
+            {"convs": convs, "batch_norm": bn},
+        )
+        for depth, convs in DEPTHS.items()
+        for bn in (False, True)
+    },
+    _vgg,
+    family="vgg",
+    attach_points=ATTACH_POINTS,
+    module=__name__,
+).values()

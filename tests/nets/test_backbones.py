@@ -1,4 +1,5 @@
-"""Every backbone family (ResNet, VGG, WRN, EfficientNet): shapes at both stems, taps, registry facts, tails."""
+"""Every registered backbone (ResNet, VGG, WRN, EfficientNet): shapes at both stems, taps, registry facts, tails,
+errors; and the family-specific layouts. Tiny widths on CPU."""
 
 from __future__ import annotations
 
@@ -9,27 +10,30 @@ from torch import nn
 from trainables.nets import (
     BACKBONES,
     FAMILIES,
+    Bottleneck,
     MultiExitNet,
+    ResNet,
     backbone_info,
     build_backbone,
     register_backbone,
 )
 from trainables.nets.efficientnet import MBConv
 
-WIDTH = 0.125
+WIDTH = 0.125  # base widths 8, 16, 32, 64
+ALL = sorted(BACKBONES)
 #: One backbone per family (the other depths share the code), with its expected attach-point count.
 FAMILY_NETS = {"resnet18": ("resnet", 3), "vgg16_bn": ("vgg", 4), "wrn16_8": ("wrn", 2),
                "effnet_small": ("efficientnet", 1)}
-NEW = ("vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "wrn16_8", "effnet_small")
+RESNETS = {"resnet18": 1, "resnet34": 1, "resnet50": 4, "resnet101": 4}  # name -> block expansion
 
 
 def test_registry_lists_every_family_and_keeps_resnets_first() -> None:
-    assert set(NEW) <= set(BACKBONES)
-    assert tuple(BACKBONES)[:4] == ("resnet18", "resnet34", "resnet50", "resnet101")
+    assert tuple(BACKBONES) == ("resnet18", "resnet34", "resnet50", "resnet101", "vgg13", "vgg13_bn", "vgg16",
+                                "vgg16_bn", "wrn16_8", "effnet_small")
     assert {backbone_info(n).family for n in BACKBONES} == set(FAMILIES)
 
 
-@pytest.mark.parametrize("name", sorted(BACKBONES))
+@pytest.mark.parametrize("name", ALL)
 def test_registered_facts_match_the_built_network(name: str) -> None:
     net = build_backbone(name, width=WIDTH)
     info = backbone_info(name)
@@ -47,7 +51,7 @@ def test_family_and_attach_points(name: str) -> None:
 
 
 @pytest.mark.parametrize(("stem", "size"), [("cifar", 16), ("imagenet", 64)])
-@pytest.mark.parametrize("name", NEW)
+@pytest.mark.parametrize("name", ALL)
 def test_shapes_and_taps(name: str, stem: str, size: int) -> None:
     net = build_backbone(name, stem=stem, width=WIDTH).eval()
     x = torch.randn(2, 3, size, size)
@@ -76,10 +80,54 @@ def test_imagenet_stem_down_samples_more(name: str, down: int) -> None:
     assert side["cifar"] == side["imagenet"] * down
 
 
-@pytest.mark.parametrize("name", NEW)
+@pytest.mark.parametrize("name", ALL)
 def test_in_channels(name: str) -> None:
     net = build_backbone(name, width=WIDTH, in_channels=1)
     assert net(torch.randn(2, 1, 16, 16)).shape == (2, net.feature_dim)
+
+
+@pytest.mark.parametrize("stem", ["cifar", "imagenet"])
+@pytest.mark.parametrize("name", sorted(RESNETS))
+def test_resnet_widths(name: str, stem: str) -> None:
+    net = build_backbone(name, stem=stem, width=WIDTH)
+    expansion = RESNETS[name]
+    assert net.feature_dim == 64 * expansion
+    assert net.stage_channels == {
+        "layer1": 8 * expansion,
+        "layer2": 16 * expansion,
+        "layer3": 32 * expansion,
+        "layer4": 64 * expansion,
+    }
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, net.feature_dim)
+
+
+@pytest.mark.parametrize(("stem", "sizes"), [("cifar", (16, 8, 4, 2)), ("imagenet", (4, 2, 1, 1))])
+def test_resnet_taps(stem: str, sizes: tuple[int, ...]) -> None:
+    net = build_backbone("resnet18", stem=stem, width=WIDTH).eval()
+    x = torch.randn(2, 3, 16, 16)
+    pooled, maps = net.forward_features(x, taps=net.stage_names)
+    assert list(maps) == list(net.stage_names)
+    for (name, feature_map), size in zip(maps.items(), sizes):
+        assert feature_map.shape == (2, net.stage_channels[name], size, size)
+    torch.testing.assert_close(pooled, net(x))
+    torch.testing.assert_close(pooled, maps["layer4"].mean(dim=(2, 3)))
+    assert net.forward_features(x, taps=("layer2",))[1].keys() == {"layer2"}
+    assert net.forward_features(x)[1] == {}
+
+
+def test_resnet_stages_and_attach_points() -> None:
+    net = build_backbone("resnet50", width=WIDTH)
+    assert isinstance(net, ResNet)
+    assert net.stage_names == ("layer1", "layer2", "layer3", "layer4")
+    assert net.attach_points == ("layer1", "layer2", "layer3")
+    names = {name for name, _ in net.named_children()}
+    assert {"stem", *net.stage_names} <= names
+
+
+def test_resnet_minimum_width() -> None:
+    net = build_backbone("resnet18", in_channels=1, width=0.001)
+    assert net.stage_channels == {name: 1 for name in net.stage_names}
+    assert net(torch.randn(2, 1, 8, 8)).shape == (2, 1)
 
 
 def test_vgg_variants() -> None:
@@ -139,6 +187,10 @@ def test_same_tail_is_not_a_copy_of_the_trunk_weights() -> None:
 
 
 def test_zero_init_residual() -> None:
+    net = build_backbone("resnet50", width=WIDTH, zero_init_residual=True)
+    blocks = [m for m in net.modules() if isinstance(m, Bottleneck)]
+    assert blocks and all(torch.count_nonzero(block.bn3.weight) == 0 for block in blocks)
+    assert torch.count_nonzero(build_backbone("resnet50", width=WIDTH).layer1[0].bn3.weight) > 0
     net = build_backbone("effnet_small", width=WIDTH, zero_init_residual=True)
     residual = [m for m in net.modules() if isinstance(m, MBConv) and m.residual]
     assert residual and all(torch.count_nonzero(m.last_bn.weight) == 0 for m in residual)
@@ -147,12 +199,17 @@ def test_zero_init_residual() -> None:
             build_backbone(name, zero_init_residual=True)
 
 
-@pytest.mark.parametrize("name", NEW)
+@pytest.mark.parametrize("name", ALL)
 @pytest.mark.parametrize(("kwargs", "argument"), [({"stem": "tiny"}, "stem"), ({"width": 0.0}, "width"),
                                                   ({"in_channels": 0}, "in_channels")])
 def test_bad_arguments(name: str, kwargs: dict, argument: str) -> None:
     with pytest.raises(ValueError, match=rf"`{argument}"):
         build_backbone(name, **kwargs)
+
+
+def test_bad_taps() -> None:
+    with pytest.raises(ValueError, match=r"`taps`.*'fc'"):
+        build_backbone("resnet18", width=WIDTH).forward_features(torch.randn(2, 3, 8, 8), taps=("fc",))
 
 
 def test_bad_tail_arguments() -> None:
@@ -166,10 +223,14 @@ def test_bad_tail_arguments() -> None:
 def test_backbone_info_and_registration_errors() -> None:
     with pytest.raises(ValueError, match=r"`backbone` must be one of .*got backbone='vgg19'"):
         backbone_info("vgg19")
+    with pytest.raises(ValueError, match=r"`backbone` must be one of .*'resnet18'.*got backbone='resnet19'"):
+        build_backbone("resnet19")
     with pytest.raises(ValueError, match=r"`family` must be one of"):
         register_backbone("mine", family="transformer")
     with pytest.raises(ValueError, match="already registered"):
         register_backbone("wrn16_8", family="wrn")(lambda **_: nn.Identity())
+    with pytest.raises(ValueError, match="resnet18"):
+        register_backbone("resnet18")(lambda **_: nn.Identity())
 
 
 def test_multi_exit_net_rejects_bad_positions() -> None:

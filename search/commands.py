@@ -1,0 +1,330 @@
+"""The ``csweep`` commands: one function per sub-command, ``(args) -> exit code``.
+
+Each validates everything it was given before Ray starts and raises :class:`UsageError`, ``ConfigError`` or
+``DataError`` (one line naming the field, exit 2 in :func:`search.cli.main`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from search.printing import (
+    RESULT_COLUMNS,
+    format_table,
+    jsonable,
+    print_leaderboard,
+    print_pareto,
+    result_row,
+    sampled_keys,
+    status_of,
+    train_summary,
+)
+from search.spec import COMPLETED, SWEEP_FILE
+from trainables.config import ConfigError, parse_overrides
+
+__all__ = [
+    "COMMANDS",
+    "UsageError",
+    "cmd_ablation",
+    "cmd_resume",
+    "cmd_run",
+    "cmd_spaces",
+    "cmd_status",
+    "cmd_tables",
+    "cmd_train",
+]
+
+
+class UsageError(Exception):
+    """A user mistake caught before any Ray work: printed as one line, exit 2."""
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    settings = parse_overrides(args.overrides)
+    for flag, key in (("dataset", "dataset"), ("data_dir", "data_dir"), ("epochs", "epochs")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            settings[key] = value
+    return settings
+
+
+def _storage_path(raw: str | None) -> str:
+    if raw is None:
+        return str(Path("results").resolve())
+    return raw if "://" in raw else str(Path(raw).expanduser().resolve())
+
+
+def _check_resumable(spec, run_dir: Path) -> None:
+    """An existing run of that name resumes from its newest checkpoint: refuse, before Ray starts, a configuration
+    that differs from the one that wrote it (its checkpoints are left untouched)."""
+    from search.driver import read_checkpoint
+    from trainables.loop import changed_fields
+
+    checkpoints = sorted(run_dir.glob("checkpoint_epoch_*")) if run_dir.is_dir() else []
+    if not checkpoints:
+        return
+    changed = changed_fields(read_checkpoint(checkpoints[-1])["spec"], spec)
+    if changed:
+        raise UsageError(f"`name`: run {run_dir.name!r} exists with other values of {', '.join(changed)}; "
+                         "rerun with the same settings to resume it, or pick another --name")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from search.cluster import ClusterResources, TrialResources, check_feasible
+    from trainables.trial import prepare_trial
+
+    resources = TrialResources(args.workers, args.cpus_per_worker, args.gpus_per_worker)
+    spec = prepare_trial(
+        args.method,
+        _settings(args),
+        workers=resources.workers,
+        gpus_per_worker=resources.gpus_per_worker,
+        download=args.download,
+    )
+    if not args.address:
+        import torch
+
+        check_feasible(resources, ClusterResources.local(num_gpus=torch.cuda.device_count()))
+    if args.max_failures < 0:
+        raise ConfigError(f"`max_failures` must be >= 0, but got max_failures={args.max_failures}")
+
+    from search.cluster import init_ray
+    from search.driver import build_trainer, fit_with_progress
+
+    name = args.name or f"train-{spec.method}-{spec.train.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    storage = _storage_path(args.storage_path)
+    _check_resumable(spec, Path(storage) / name)
+    init_ray(args.address)
+    if args.address:
+        check_feasible(resources, ClusterResources.from_ray())
+    print(
+        f"csweep: training {spec.method} on {spec.train.dataset} for {spec.train.epochs} epoch(s) with "
+        f"{resources.workers} worker(s); results in {storage}/{name}",
+        file=sys.stderr,
+    )
+    result = fit_with_progress(
+        lambda callbacks: build_trainer(
+            spec, resources, name=name, storage_path=storage, max_failures=args.max_failures, callbacks=callbacks
+        ),
+        printer=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    if result.error is not None:
+        print(f"csweep: training failed: {result.error}", file=sys.stderr)
+        return 1
+    metrics = {k: v for k, v in (result.metrics or {}).items() if jsonable(v)}
+    metrics.update(
+        name=name, path=f"{storage}/{name}", checkpoint=result.checkpoint.path if result.checkpoint else None
+    )
+    if args.json:
+        print(json.dumps(metrics, sort_keys=True))
+    else:
+        print(train_summary(metrics))
+    return 0
+
+
+def _experiment_path(name: str, storage: str | None) -> str:
+    if "/" in name or storage is None and Path(name).is_dir() and (Path(name) / SWEEP_FILE).exists():
+        return name if "://" in name else str(Path(name).resolve())
+    return f"{_storage_path(storage)}/{name}"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import torch
+
+    from search.cluster import ClusterResources, init_ray
+    from search.spec import SweepConfig, parse_objective, write_sweep_file
+    from search.sweep import build_tuner, capacity, validate_sweep
+    from spaces import load_space
+
+    space = load_space(args.space)
+    name = args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    cfg = SweepConfig(
+        name=name,
+        space=args.space,
+        storage_path=_storage_path(args.storage_path),
+        fixed={**space.fixed, **_settings(args)},
+        trials=args.trials if args.trials is not None else space.trials,
+        repeats=args.repeats,
+        concurrency=args.concurrency,
+        workers=args.workers,
+        cpus_per_worker=args.cpus_per_worker,
+        gpus_per_worker=args.gpus_per_worker,
+        executor=args.executor,
+        scheduler=args.scheduler,
+        grace_period=args.grace_period,
+        reduction_factor=args.reduction_factor,
+        sampler=args.sampler,
+        objective=parse_objective(args.objective),
+        seed=args.seed,
+        study_storage=args.study_storage,
+        max_failures=args.max_failures,
+    )
+    if cfg.is_local_storage and (Path(cfg.experiment_path) / SWEEP_FILE).exists():
+        raise UsageError(
+            f"`name`: a sweep named {name!r} already exists in {cfg.storage_path}; "
+            f"continue it with `csweep resume {name}` or pick another --name"
+        )
+    local = None if args.address else ClusterResources.local(num_gpus=torch.cuda.device_count())
+    if local is not None:
+        local = ClusterResources(({**local.nodes[0], "trial_driver": local.nodes[0]["CPU"]},))
+    validate_sweep(cfg, cluster=local)
+    concurrency = cfg.concurrency or (capacity(cfg, local) if local else None)
+    init_ray(args.address, driver_slots=concurrency)
+    if args.address:
+        from search.cluster import check_feasible
+
+        cluster = ClusterResources.from_ray()
+        check_feasible(cfg.resources, cluster)
+        concurrency = concurrency or max(1, capacity(cfg, cluster))
+    write_sweep_file(cfg)
+    print(
+        f"csweep: sweep {name}: {cfg.trials} x {cfg.repeats} trial(s) of space {cfg.space}, {concurrency} at a "
+        f"time ({cfg.resolved_executor} executor); results in {cfg.experiment_path}",
+        file=sys.stderr,
+    )
+    return _fit_and_report(cfg, lambda callbacks: build_tuner(cfg, concurrency=concurrency, callbacks=callbacks))
+
+
+def _fit_and_report(cfg, make_tuner) -> int:
+    from search.progress import ProgressTable
+    from search.sweep import fail_orphaned_study_trials
+
+    table = ProgressTable(fixed_method=cfg.fixed.get("method"))
+    results = make_tuner([table]).fit()
+    orphans = fail_orphaned_study_trials(cfg)
+    print_leaderboard(cfg, [result_row(r) for r in results])
+    if len(cfg.objective) > 1:
+        print_pareto(cfg)
+    if orphans:
+        print(f"csweep: marked {orphans} Optuna trial(s) left RUNNING by an earlier crash as FAIL", file=sys.stderr)
+    return 0 if any(r.error is None for r in results) else 1
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from search.cluster import init_ray
+    from search.spec import read_sweep_file
+    from search.sweep import restore_tuner
+
+    cfg = read_sweep_file(_experiment_path(args.name, args.storage_path))
+    init_ray(args.address, driver_slots=cfg.concurrency)
+    print(f"csweep: resuming sweep {cfg.name} from {cfg.experiment_path}", file=sys.stderr)
+    return _fit_and_report(cfg, lambda callbacks: restore_tuner(cfg, callbacks=callbacks))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from search.spec import read_sweep_file
+
+    path = _experiment_path(args.name, args.storage_path)
+    cfg = read_sweep_file(path)
+    from ray.tune import ExperimentAnalysis
+
+    try:
+        analysis = ExperimentAnalysis(path)
+    except (ValueError, FileNotFoundError) as e:
+        raise UsageError(f"`name`: no Tune experiment state under {path} yet ({e})") from e
+    rows = []
+    for t in analysis.trials:
+        config = {k: v for k, v in t.config.items() if not k.startswith("__")}
+        row = {"trial": t.trial_id, "status": status_of(t.status, t.last_result), **config, "_sampled": tuple(config)}
+        row.update({k: t.last_result.get(k) for k in RESULT_COLUMNS})
+        rows.append(row)
+    params = sorted(sampled_keys(rows) - {"method"})
+    print(f"sweep {cfg.name} ({cfg.space}): {len(rows)} of {cfg.trials * cfg.repeats} trial(s)")
+    print(format_table(rows, ["trial", "status", "method", *params, *RESULT_COLUMNS]))
+    return 0
+
+
+def cmd_spaces(args: argparse.Namespace) -> int:
+    from spaces import describe_space, list_spaces, load_space
+
+    for name in list_spaces():
+        space = load_space(name)
+        print(f"{name}: {space.description}")
+        for line in describe_space(space):
+            print(f"  {line}")
+        print()
+    return 0
+
+
+def _write_tables(args: argparse.Namespace):
+    from analysis.tables import write_tables
+
+    paths = [_experiment_path(n, args.storage_path) for n in args.names]
+    for p in paths:
+        if not (Path(p) / SWEEP_FILE).exists():
+            raise UsageError(f"`name`: no sweep at {p} (missing {SWEEP_FILE})")
+    return write_tables(paths, args.out)
+
+
+def cmd_tables(args: argparse.Namespace) -> int:
+    written = _write_tables(args)
+    out = Path(args.out)
+    for t in written:
+        counts = t.trials["status"].value_counts().to_dict() if len(t.trials) else {}
+        print(f"{t.sweep}: {len(t.trials)} trial(s) {counts}, {len(t.epochs)} epoch row(s) -> {out}/*/sweep={t.sweep}/")
+    if args.plots:
+        import pandas as pd
+
+        from analysis import plots
+
+        trials = pd.concat([t.trials for t in written], ignore_index=True)
+        epochs = pd.concat([t.epochs for t in written], ignore_index=True)
+        made = [plots.learning_curves(epochs, out / "plots" / "learning_curves.png")]
+        params = sorted({c for s in trials["sampled"].dropna() for c in str(s).split(",") if c} - {"method"})
+        made.append(plots.metric_vs_params(trials, params, out / "plots" / "metric_vs_params.png"))
+        for t in written:
+            if len(t.pareto):
+                metrics = [c for c in t.pareto.columns if c != "optuna_trial" and not c.startswith("param_")][:2]
+                if len(metrics) == 2:
+                    made.append(
+                        plots.pareto_front(
+                            t.pareto, t.trials, metrics[1], metrics[0], out / "plots" / f"pareto_{t.sweep}.png"
+                        )
+                    )
+        print("plots: " + ", ".join(str(p) for p in made))
+    return 0
+
+
+def cmd_ablation(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from analysis import ablation, format_ablation
+    from analysis.columns import write_parquet
+    from analysis.plots import ablation_heatmap
+
+    written = _write_tables(args)
+    trials = pd.concat([t.trials for t in written], ignore_index=True)
+    rows, cols = args.rows.split(","), args.cols.split(",")
+    try:
+        pivot = ablation(
+            trials, rows=rows, cols=cols, metric=args.metric, statuses=None if args.all_statuses else (COMPLETED,)
+        )
+    except KeyError as e:
+        raise UsageError(f"`rows`/`cols`/`metric`: {e.args[0]}") from e
+    if pivot.empty:
+        raise UsageError(f"`metric`: no {'' if args.all_statuses else COMPLETED + ' '}trial reports {args.metric!r}")
+    print(format_ablation(pivot).to_string())
+    stem = f"ablation_{'-'.join(rows)}_x_{'-'.join(cols)}_{args.metric}"
+    out = Path(args.out)
+    flat = pivot.copy()
+    flat.columns = ["|".join(map(str, c)) for c in flat.columns]
+    write_parquet(flat.reset_index().astype({r: str for r in rows}), out / f"{stem}.parquet")
+    ablation_heatmap(pivot, out / f"{stem}.png", title=args.metric)
+    print(f"saved {out / stem}.parquet and .png")
+    return 0
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "tables": cmd_tables,
+    "ablation": cmd_ablation,
+    "run": cmd_run,
+    "resume": cmd_resume,
+    "status": cmd_status,
+    "spaces": cmd_spaces,
+}

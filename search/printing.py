@@ -1,0 +1,115 @@
+"""What the CLI prints: fixed-width tables, trial statuses in the shared vocabulary, the leaderboard and the Pareto
+front of a sweep, and the final line of ``csweep train``. Ray-free."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from search.spec import COMPLETED, ERRORED, PAUSED, PENDING, RUNNING, STOPPED
+
+__all__ = [
+    "RESULT_COLUMNS",
+    "finished_status",
+    "fmt",
+    "format_table",
+    "jsonable",
+    "leaderboard_rows",
+    "print_leaderboard",
+    "print_pareto",
+    "result_row",
+    "sampled_keys",
+    "status_of",
+    "train_summary",
+]
+
+#: Tune's trial states in the shared status vocabulary (TERMINATED is completed or stopped: see finished_status).
+TUNE_STATUS = {"PENDING": PENDING, "RUNNING": RUNNING, "ERROR": ERRORED, "PAUSED": PAUSED}
+#: Per-trial results every table shows after the sampled parameters.
+RESULT_COLUMNS = ("epoch", "knn_top1", "linear_top1")
+
+
+def fmt(v: Any) -> str:
+    """A table cell: floats with 4 significant digits, None as ``-``."""
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if v is None:
+        return "-"
+    return str(v)
+
+
+def jsonable(v: Any) -> bool:
+    """Whether ``v`` is a JSON scalar (finite floats only)."""
+    return isinstance(v, (str, int, bool, type(None))) or (isinstance(v, float) and math.isfinite(v))
+
+
+def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    """Plain fixed-width table of ``rows`` (dicts) with the given column order."""
+    cells = [[fmt(r.get(c)) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+def finished_status(result: Mapping[str, Any] | None) -> str:
+    """``completed`` when the trial ran to its last epoch (final probes reported), else ``stopped`` (early)."""
+    return COMPLETED if (result or {}).get("finished") else STOPPED
+
+
+def status_of(tune_status: str, result: Mapping[str, Any] | None) -> str:
+    """A Tune trial state (PENDING, RUNNING, TERMINATED, ERROR, PAUSED) in the shared vocabulary."""
+    if tune_status == "TERMINATED":
+        return finished_status(result)
+    return TUNE_STATUS.get(tune_status, tune_status.lower())
+
+
+def sampled_keys(rows: Iterable[Mapping[str, Any]]) -> set[str]:
+    """The settings the space sampled: the keys of the trials' Tune configs (carried as ``_sampled`` in rows)."""
+    return {k for r in rows for k in r.get("_sampled", ())}
+
+
+def result_row(result) -> dict[str, Any]:
+    """A ``ray.tune.Result`` as a leaderboard row."""
+    config = {k: v for k, v in (result.config or {}).items() if not k.startswith("__")}
+    row = {**(result.metrics or {}), **config, "_sampled": tuple(config)}
+    row["trial"] = row.get("trial_id")
+    row["status"] = ERRORED if result.error is not None else finished_status(row)
+    return row
+
+
+def leaderboard_rows(trials: Iterable[Mapping[str, Any]], metric: str, mode: str) -> list[dict[str, Any]]:
+    """Rows sorted best-first by ``metric`` (trials without it last)."""
+    rows = list(trials)
+    sign = -1.0 if mode == "max" else 1.0
+    return sorted(rows, key=lambda r: (r.get(metric) is None, sign * (r.get(metric) or 0.0)))
+
+
+def print_leaderboard(cfg, rows: list[dict[str, Any]]) -> None:
+    """The trials of a sweep, best first by its first objective."""
+    obj = cfg.objective[0]
+    params = sorted(sampled_keys(rows) - {"method"})
+    columns = ["trial", "method", *params, "status", *RESULT_COLUMNS]
+    if obj.metric not in columns:
+        columns.append(obj.metric)
+    print(f"\nleaderboard ({obj.metric}, {obj.mode}):")
+    print(format_table(leaderboard_rows(rows, obj.metric, obj.mode), columns))
+
+
+def print_pareto(cfg) -> None:
+    """The Optuna study's Pareto front of a multi-objective sweep."""
+    import optuna
+
+    study = optuna.load_study(study_name=cfg.name, storage=cfg.study_url)
+    names = [o.metric for o in cfg.objective]
+    rows = [{"optuna_trial": t.number, **t.params, **dict(zip(names, t.values))} for t in study.best_trials]
+    params = sorted({k for t in study.best_trials for k in t.params})
+    print(f"\nPareto front ({', '.join(f'{o.metric}:{o.mode}' for o in cfg.objective)}): {len(rows)} trial(s)")
+    print(format_table(rows, ["optuna_trial", *params, *names]))
+
+
+def train_summary(metrics: Mapping[str, Any]) -> str:
+    """The last line of ``csweep train``: the headline metrics as ``key=value``."""
+    keys = ("epoch", "train_loss", "knn_top1", "linear_top1", "best_knn_top1", "images_per_s")
+    return "  ".join(f"{k}={fmt(metrics[k])}" for k in keys if k in metrics)

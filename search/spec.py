@@ -1,0 +1,243 @@
+"""A sweep's description, Ray-free: what ``csweep run`` validated and saved, what ``csweep resume``/``status`` and
+:mod:`analysis` read back.
+
+:class:`SweepConfig` (saved as ``<storage>/<name>/sweep.json`` by :func:`write_sweep_file`), its objectives
+(:func:`parse_objective`, checked against :func:`known_metrics`) and the one vocabulary of trial statuses that the
+terminal tables and the Parquet tables share. Importing this module imports no Ray.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from search.cluster import TrialResources
+from trainables.config import ConfigError, TrainConfig, check_choice, check_literals, check_range
+
+__all__ = [
+    "ABANDONED",
+    "COMPLETED",
+    "DIVERGED",
+    "EPOCH_METRICS",
+    "ERRORED",
+    "EXECUTORS",
+    "FINAL_METRICS",
+    "PAUSED",
+    "PENDING",
+    "RUNNING",
+    "SAMPLERS",
+    "SCHEDULERS",
+    "STATUSES",
+    "STOPPED",
+    "SWEEP_FILE",
+    "Objective",
+    "SweepConfig",
+    "known_metrics",
+    "parse_objective",
+    "read_sweep_file",
+    "write_sweep_file",
+]
+
+SWEEP_FILE = "sweep.json"
+Executor = Literal["auto", "train", "inline"]
+Scheduler = Literal["asha", "hyperband", "fifo"]
+Sampler = Literal["tpe", "random", "cmaes", "gp", "nsga2"]
+EXECUTORS: tuple[str, ...] = typing.get_args(Executor)
+SCHEDULERS: tuple[str, ...] = typing.get_args(Scheduler)
+SAMPLERS: tuple[str, ...] = typing.get_args(Sampler)
+
+# -- trial statuses: one vocabulary for `csweep run`/`status` tables and trials.parquet --------------------------------
+COMPLETED = "completed"  # ran to its last epoch (final probes reported)
+STOPPED = "stopped"  # stopped early by the scheduler
+ERRORED = "errored"  # raised an error
+DIVERGED = "diverged"  # errored because the loss became non-finite (Parquet only: needs the error text)
+RUNNING = "running"
+PENDING = "pending"
+PAUSED = "paused"
+ABANDONED = "abandoned"  # its driver died before Tune recorded it (Parquet only); a resumed sweep samples it again
+STATUSES = (COMPLETED, STOPPED, ERRORED, DIVERGED, RUNNING, PENDING, PAUSED, ABANDONED)
+
+#: Metrics every trial reports per epoch; the final epoch adds the probes.
+EPOCH_METRICS = (
+    "epoch",
+    "train_loss",
+    "knn_top1",
+    "best_knn_top1",
+    "epoch_time_s",
+    "eval_time_s",
+    "images_per_s",
+    "peak_mem_mb",
+    "current_lr",
+    "step",
+)
+FINAL_METRICS = ("linear_top1", "best_linear_top1", "linear_val_top1", "logreg_top1", "ensemble_top1")
+
+
+def known_metrics() -> set[str]:
+    """Every metric name some trial reports: the shared ones plus each registered method's extras."""
+    from trainables.methods import METHODS
+
+    names = set(EPOCH_METRICS) | set(FINAL_METRICS)
+    for cls in METHODS.values():
+        names |= set(getattr(cls, "metrics", ()))
+    return names
+
+
+def _per_epoch_extras() -> set[str]:
+    from trainables.methods import METHODS
+
+    return {m for cls in METHODS.values() for m in getattr(cls, "epoch_metrics", ())}
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One metric to optimise and its direction."""
+
+    metric: str
+    mode: Literal["max", "min"] = "max"
+
+
+def parse_objective(text: str) -> tuple[Objective, ...]:
+    """``"knn_top1"`` or ``"knn_top1:max,epoch_time_s:min"`` -> Objectives; ConfigError names unknown metrics."""
+    out = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        metric, _, mode = part.partition(":")
+        mode = mode or ("min" if metric.endswith(("_s", "_mb", "loss")) else "max")
+        check_choice("objective mode", mode, ("max", "min"))
+        if metric not in known_metrics():
+            raise ConfigError(
+                f"`objective` metric {metric!r} is not reported by any trial; choose from "
+                f"{', '.join(sorted(known_metrics()))}"
+            )
+        out.append(Objective(metric, mode))  # type: ignore[arg-type]
+    if not out:
+        raise ConfigError(f"`objective` must name at least one metric, but got objective={text!r}")
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """Everything a sweep needs, JSON-serialisable (saved as ``<storage>/<name>/sweep.json``)."""
+
+    name: str
+    space: str
+    storage_path: str
+    fixed: dict[str, Any] = field(default_factory=dict)  # settings every trial shares (--set, --dataset, ...)
+    trials: int = 20  # sampled configurations (Tune runs trials * repeats)
+    repeats: int = 1  # seeds per sampled configuration
+    concurrency: int | None = None  # None: derived from the cluster and one trial's resources
+    workers: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    executor: Executor = "auto"
+    scheduler: Scheduler = "asha"
+    grace_period: int | None = None  # None: 10 % of the epochs (contrastive runs rank poorly early)
+    reduction_factor: float = 3.0
+    sampler: Sampler = "tpe"
+    objective: tuple[Objective, ...] = (Objective("knn_top1", "max"),)
+    seed: int = 0
+    study_storage: str | None = None  # Optuna storage URL; None: SQLite file in the experiment directory
+    max_failures: int = 1  # Tune retries of a failed trial (from its last checkpoint)
+
+    def __post_init__(self) -> None:
+        check_range("trials", self.trials, low=1)
+        check_range("repeats", self.repeats, low=1)
+        if self.concurrency is not None:
+            check_range("concurrency", self.concurrency, low=1)
+        check_literals(self)
+        check_range("reduction_factor", self.reduction_factor, low=1.0, low_inclusive=False)
+        if self.grace_period is not None:
+            check_range("grace_period", self.grace_period, low=1)
+        check_range("max_failures", self.max_failures, low=0)
+        if not self.name or "/" in self.name:
+            raise ConfigError(f"`name` must be a non-empty name without '/', but got name={self.name!r}")
+        if self.repeats > 1 and len(self.objective) > 1:
+            raise ConfigError(
+                "`repeats` > 1 averages one objective over seeds; it cannot be combined with a "
+                f"multi-objective `objective` ({len(self.objective)} metrics)"
+            )
+        if self.sampler == "cmaes" and len(self.objective) > 1:
+            raise ConfigError("`sampler=cmaes` is single-objective; use nsga2, tpe or random for several objectives")
+
+    # -- derived -------------------------------------------------------------------------------------------------------
+    @property
+    def resources(self) -> TrialResources:
+        return TrialResources(self.workers, self.cpus_per_worker, self.gpus_per_worker)
+
+    @property
+    def resolved_executor(self) -> str:
+        if self.executor != "auto":
+            return self.executor
+        return "inline" if self.workers == 1 else "train"
+
+    @property
+    def experiment_path(self) -> str:
+        return f"{self.storage_path.rstrip('/')}/{self.name}"
+
+    @property
+    def is_local_storage(self) -> bool:
+        return "://" not in self.storage_path or self.storage_path.startswith("file://")
+
+    @property
+    def study_url(self) -> str:
+        if self.study_storage:
+            return self.study_storage
+        if self.is_local_storage:
+            return f"sqlite:///{Path(self.experiment_path.removeprefix('file://'))}/study.db"
+        # remote storage: keep the study on the driver node (a job's working dir is temporary)
+        return f"sqlite:///{Path.home() / '.csweep' / 'studies' / self.name}.db"
+
+    @property
+    def epochs(self) -> int:
+        return int(self.fixed.get("epochs", TrainConfig().epochs))
+
+    @property
+    def scheduler_objective(self) -> Objective:
+        """The metric the scheduler stops on: the first objective reported every epoch, else knn_top1."""
+        for o in self.objective:
+            if o.metric in EPOCH_METRICS or o.metric in _per_epoch_extras():
+                return o
+        return Objective("knn_top1", "max")
+
+    # -- persistence ---------------------------------------------------------------------------------------------------
+    def to_json(self) -> str:
+        d = dataclasses.asdict(self)
+        d["objective"] = [dataclasses.asdict(o) for o in self.objective]
+        return json.dumps(d, indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> SweepConfig:
+        d = json.loads(text)
+        d["objective"] = tuple(Objective(**o) for o in d["objective"])
+        return cls(**d)
+
+
+def write_sweep_file(cfg: SweepConfig) -> None:
+    """Save the SweepConfig beside Tune's experiment state (any storage pyarrow understands)."""
+    import pyarrow.fs
+
+    fs, path = pyarrow.fs.FileSystem.from_uri(
+        cfg.experiment_path
+        if not cfg.is_local_storage
+        else str(Path(cfg.experiment_path.removeprefix("file://")).resolve())
+    )
+    fs.create_dir(path, recursive=True)
+    with fs.open_output_stream(f"{path}/{SWEEP_FILE}") as f:
+        f.write(cfg.to_json().encode())
+
+
+def read_sweep_file(experiment_path: str) -> SweepConfig:
+    """The SweepConfig saved in ``experiment_path``; ConfigError (field ``name``) when there is none."""
+    import pyarrow.fs
+
+    uri = experiment_path if "://" in experiment_path else str(Path(experiment_path).resolve())
+    fs, path = pyarrow.fs.FileSystem.from_uri(uri)
+    try:
+        with fs.open_input_stream(f"{path}/{SWEEP_FILE}") as f:
+            return SweepConfig.from_json(f.read().decode())
+    except (FileNotFoundError, OSError) as e:
+        raise ConfigError(f"`name`: no sweep at {experiment_path} (missing {SWEEP_FILE})") from e
