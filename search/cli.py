@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("method", help=f"one of {', '.join(sorted(METHODS))}")
     _add_data_args(train)
     _add_resource_args(train)
+    train.add_argument("--preset", default=None,
+                       help="a method's named settings under your --set values (digits: learns in a minute on a CPU)")
     train.add_argument("--name", default=None, help="run name; an existing run of that name resumes")
     train.add_argument("--max-failures", type=int, default=0, help="worker failures to recover from a checkpoint")
     train.add_argument("--json", action="store_true", help="print the final metrics as JSON on the last line")

@@ -85,6 +85,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         workers=resources.workers,
         gpus_per_worker=resources.gpus_per_worker,
         download=args.download,
+        preset=args.preset,
     )
     if not args.address:
         import torch

@@ -383,10 +383,14 @@ def test_invalid_settings_exit_2_with_the_message(settings, fragment, capsys):
     assert not ray.is_initialized()
 
 
-def test_local_views_at_a_valid_ratio_and_scaling_off_are_accepted():
-    TrialSpec.from_settings("sigmoid", {"local_size_ratio": 0.2, "num_local_views": 2})  # int(16 * 0.2) = 3 px
-    TrialSpec.from_settings("sigmoid", {"use_gamma_scaling": False, "gamma_scaling_steps": 0})  # unused when off
-    TrialSpec.from_settings("sigmoid", {"local_size_ratio": 0.01, "num_local_views": 0, "num_global_views": 2})
+def test_local_views_at_a_valid_ratio_and_scaling_off_are_accepted(digits):
+    spec = TrialSpec.from_settings("sigmoid", {"local_size_ratio": 0.2, "num_local_views": 2})  # int(16 * 0.2) = 3 px
+    assert [a.size for a in get_method("sigmoid")(spec.method_config, train=spec.train, data=digits).augmentations()
+            ] == [16, 16, 3, 3]
+    spec = TrialSpec.from_settings("sigmoid", {"use_gamma_scaling": False, "gamma_scaling_steps": 0})  # unused when off
+    assert (spec.method_config.use_gamma_scaling, spec.method_config.gamma_scaling_steps) == (False, 0)
+    spec = TrialSpec.from_settings("sigmoid", {"local_size_ratio": 0.01, "num_local_views": 0, "num_global_views": 2})
+    assert spec.method_config.num_local_views == 0 and spec.method_config.local_size_ratio == 0.01
 
 
 # -- the search space ----------------------------------------------------------------------------------------------------

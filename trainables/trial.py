@@ -28,12 +28,23 @@ class TrialSpec:
     method_config: Any
 
     @classmethod
-    def from_settings(cls, method: str, settings: Mapping[str, Any] | None = None) -> TrialSpec:
-        """Validate ``settings`` (flat ``key -> value``) for ``method``; raises ConfigError naming the field."""
+    def from_settings(cls, method: str, settings: Mapping[str, Any] | None = None, *,
+                      preset: str | None = None) -> TrialSpec:
+        """Validate ``settings`` (flat ``key -> value``) for ``method``; raises ConfigError naming the field.
+
+        Precedence, lowest first: the dataclass defaults, the method's ``recipe``, the named ``preset`` (one of the
+        method's ``presets``), then ``settings``.
+        """
         from trainables.methods import get_method
 
         method_cls = get_method(method)
-        settings = {k: v for k, v in (settings or {}).items() if k != "method"}
+        base: dict[str, Any] = {}
+        if preset is not None:
+            if preset not in method_cls.presets:
+                raise ConfigError(f"`preset` must be one of {', '.join(sorted(method_cls.presets)) or '(none)'} for "
+                                  f"method={method}; got preset={preset!r}")
+            base = dict(method_cls.presets[preset])
+        settings = {k: v for k, v in {**base, **(settings or {})}.items() if k != "method"}
         method_values, train_values = split_overrides(settings, method_cls.Config, TrainConfig)
         method_config = coerce_dataclass(method_cls.Config, method_values)
         train = coerce_dataclass(TrainConfig, {**method_cls.recipe, **train_values})
@@ -75,7 +86,8 @@ def trial_settings(fixed: Mapping[str, Any], sampled: Mapping[str, Any]) -> tupl
 
 
 def prepare_trial(
-    method: str, settings: Mapping[str, Any], *, workers: int = 1, gpus_per_worker: float = 0.0, download: bool = False
+    method: str, settings: Mapping[str, Any], *, workers: int = 1, gpus_per_worker: float = 0.0, download: bool = False,
+    preset: str | None = None,
 ) -> TrialSpec:
     """Validate a trial fully (config, world size, precision, dataset files, batch vs dataset size) without Ray.
 
@@ -83,7 +95,7 @@ def prepare_trial(
     """
     from trainables.loop import check_data, load_data
 
-    spec = TrialSpec.from_settings(method, settings)
+    spec = TrialSpec.from_settings(method, settings, preset=preset)
     spec.check_world(workers)
     if spec.train.amp == "fp16" and not gpus_per_worker:
         raise ConfigError("`amp=fp16` needs GPUs (--gpus-per-worker > 0); on CPU use amp=bf16 or amp=off")

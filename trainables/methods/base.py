@@ -76,6 +76,10 @@ class Method(ABC):
     Config: ClassVar[type] = _NoConfig
     #: TrainConfig values of the method's published recipe that differ from TrainConfig's defaults (lr, optimiser...).
     recipe: ClassVar[Mapping[str, Any]] = {}
+    #: Named complete settings (``csweep train METHOD --preset NAME``), applied over ``recipe`` and under the user's.
+    #: ``digits`` is required: a setting that clearly learns on the embedded digits in well under a minute on one CPU
+    #: core (the contract's short-run test holds every method to it, measured against an untrained encoder).
+    presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
     #: Whether the loss reads class labels (reported; SimCLR-style methods ignore labels).
     uses_labels: ClassVar[bool] = False
 

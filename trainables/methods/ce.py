@@ -37,6 +37,7 @@ class CrossEntropy(Method):
     name = "ce"
     Config = CrossEntropyConfig
     recipe = {"lr": 0.8, "optimizer": "sgd", "momentum": 0.9, "weight_decay": 1e-4, "schedule": "cosine"}
+    presets = {"digits": {"dataset": "digits", "width": 0.25, "batch_size": 128, "epochs": 10, "lr": 0.05}}
     uses_labels = True
 
     def build(self) -> nn.Module:

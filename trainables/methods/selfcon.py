@@ -172,6 +172,8 @@ class SelfCon(Method):
     name = "selfcon"
     Config = SelfConConfig
     recipe = {"lr": 0.5, "optimizer": "sgd", "momentum": 0.9, "weight_decay": 1e-4, "schedule": "cosine"}
+    presets = {"digits": {"dataset": "digits", "width": 0.25, "batch_size": 128, "epochs": 15, "lr": 0.05, "crop_scale_min": 0.5,
+                          "head": "mlp_bn", "selfcon_size": "same"}}
     uses_labels = True
 
     @classmethod

@@ -61,6 +61,7 @@ class SupCon(Method):
     name = "supcon"
     Config = SupConConfig
     recipe = {"lr": 0.5, "optimizer": "sgd", "momentum": 0.9, "weight_decay": 1e-4, "schedule": "cosine"}
+    presets = {"digits": {"dataset": "digits", "width": 0.25, "batch_size": 128, "epochs": 10, "lr": 0.05, "crop_scale_min": 0.5}}
     uses_labels = True
 
     def build(self) -> nn.Module:
@@ -91,4 +92,7 @@ class SimCLR(SupCon):
 
     name = "simclr"
     Config = SimCLRConfig
+    #: Without labels, SGD at 0.05 made digits' kNN fall below the untrained encoder's on some seeds; Adam learns.
+    presets = {"digits": {"dataset": "digits", "width": 0.25, "batch_size": 128, "epochs": 20, "optimizer": "adam", "lr": 1e-3,
+                          "weight_decay": 1e-5, "temperature": 0.2, "crop_scale_min": 0.5}}
     uses_labels = False
