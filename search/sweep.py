@@ -36,29 +36,18 @@ SWEEP_FILE = "sweep.json"
 SCHEDULERS = ("asha", "hyperband", "fifo")
 SAMPLERS = ("tpe", "random", "cmaes", "gp", "nsga2")
 EXECUTORS = ("auto", "train", "inline")
-#: Metrics every trial reports per epoch; the final epoch adds the probes.
-EPOCH_METRICS = (
-    "epoch",
-    "train_loss",
-    "knn_top1",
-    "best_knn_top1",
-    "epoch_time_s",
-    "eval_time_s",
-    "images_per_s",
-    "peak_mem_mb",
-    "current_lr",
-    "step",
-)
-FINAL_METRICS = ("linear_top1", "best_linear_top1", "linear_val_top1", "logreg_top1", "ensemble_top1")
 
 
-def known_metrics() -> set[str]:
-    """Every metric name some trial reports: the shared ones plus each registered method's extras."""
+def known_metrics(*, per_epoch: bool = False) -> set[str]:
+    """Every metric name some trial reports (``per_epoch``: only those reported after every epoch): the loop's shared
+    metrics (``trainables.metrics``) plus each registered method's declared extras, for any configuration."""
     from trainables.methods import METHODS
+    from trainables.metrics import reported_metrics
 
-    names = set(EPOCH_METRICS) | set(FINAL_METRICS)
+    names: set[str] = set()
     for cls in METHODS.values():
-        names |= set(getattr(cls, "metrics", ()))
+        reported = reported_metrics(cls)
+        names |= set(reported.epoch if per_epoch else reported.all)
     return names
 
 
@@ -170,7 +159,7 @@ class SweepConfig:
     def scheduler_objective(self) -> Objective:
         """The metric the scheduler stops on: the first objective reported every epoch, else knn_top1."""
         for o in self.objective:
-            if o.metric in EPOCH_METRICS or o.metric in _per_epoch_extras():
+            if o.metric in known_metrics(per_epoch=True):
                 return o
         return Objective("knn_top1", "max")
 
@@ -185,12 +174,6 @@ class SweepConfig:
         d = json.loads(text)
         d["objective"] = tuple(Objective(**o) for o in d["objective"])
         return cls(**d)
-
-
-def _per_epoch_extras() -> set[str]:
-    from trainables.methods import METHODS
-
-    return {m for cls in METHODS.values() for m in getattr(cls, "epoch_metrics", ())}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -335,6 +318,7 @@ def validate_sweep(
     for point in space.points_to_evaluate:
         study.enqueue_trial(point)
     checked: set[tuple] = set()
+    reported: dict[str, set[str]] = {}  # method -> metrics some sampled configuration reports
     for _ in range(dry_run_samples):
         trial = study.ask()
         try:
@@ -345,11 +329,13 @@ def validate_sweep(
         method, settings = trial_settings(fixed, sampled)
         key = (method, tuple(sorted(settings)))
         if key not in checked:  # one dataset / world-size check per distinct structure
-            prepare_trial(method, settings, cfg.resources)
+            spec = prepare_trial(method, settings, cfg.resources)
             checked.add(key)
         else:
-            _spec(fixed, sampled)
+            spec = _spec(fixed, sampled)
+        reported.setdefault(method, set()).update(_reported(spec))
         study.tell(trial, 0.0)
+    _check_objective_reported(cfg, reported)
     _make_default_study_dir(cfg)
     try:
         optuna.storages.RDBStorage(cfg.study_url)
@@ -363,6 +349,21 @@ def validate_sweep(
                 f"`resources`: Train-based trials need the custom resource {DRIVER_RESOURCE!r} on the "
                 f"node that runs trial drivers (see cluster.yaml); the cluster has {cluster.describe()}"
             )
+
+
+def _reported(spec) -> tuple[str, ...]:
+    from trainables.metrics import reported_metrics
+
+    return reported_metrics(spec.method, spec.method_config).all
+
+
+def _check_objective_reported(cfg: SweepConfig, reported: Mapping[str, set[str]]) -> None:
+    """Each objective metric must be reported by some configuration of every method the space samples."""
+    for o in cfg.objective:
+        for method, names in sorted(reported.items()):
+            if o.metric not in names:
+                raise ConfigError(f"`objective` metric {o.metric!r} is not reported by method={method} in space "
+                                  f"{cfg.space!r}; it reports {', '.join(sorted(names))}")
 
 
 def _make_default_study_dir(cfg: SweepConfig) -> None:
