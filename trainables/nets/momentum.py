@@ -16,6 +16,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from trainables.schedules import cosine_decay
+
 __all__ = ["FeatureQueue", "MemoryBank", "MomentumTarget", "cosine_momentum"]
 
 
@@ -24,11 +26,7 @@ def cosine_momentum(step: int, total_steps: int, start: float, end: float = 1.0)
 
         m_k = end - (end - start) * (cos(pi * k / K) + 1) / 2,   K = total_steps,   m_k = end for k >= K
     """
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise ValueError(f"`step >= 0` must hold (an integer), but got step={step!r}")
-    if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
-        raise ValueError(f"`total_steps >= 1` must hold (an integer), but got total_steps={total_steps!r}")
-    return end - (end - start) * (math.cos(math.pi * min(step, total_steps) / total_steps) + 1.0) / 2.0
+    return end - (end - start) * cosine_decay(step, total_steps)
 
 
 class MomentumTarget(nn.Module):
