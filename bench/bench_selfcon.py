@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from trainables.methods import get_method
+from trainables.methods import Batch, get_method
 from trainables.optim import build_optimizer
 from trainables.trial import TrialSpec
 
@@ -64,13 +64,14 @@ def run_config(name: str, *, backbone: str, width: float, batch: int, steps: int
     gen = torch.Generator(device=device).manual_seed(0)
     images = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8, device=device)
     labels = torch.randint(0, CIFAR["num_classes"], (batch,), device=device)
+    data = Batch(images, labels, torch.arange(batch, device=device))
     cuda = device.type == "cuda"
     sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
 
     def step(i: int) -> None:
         with torch.no_grad():
             views = method.views(images, gen)
-        loss, _ = method.loss(model, views, labels, step=i)
+        loss, _ = method.loss(model, views, data, step=i)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -22,10 +22,8 @@ __all__ = [
     "ABANDONED",
     "COMPLETED",
     "DIVERGED",
-    "EPOCH_METRICS",
     "ERRORED",
     "EXECUTORS",
-    "FINAL_METRICS",
     "PAUSED",
     "PENDING",
     "RUNNING",
@@ -61,36 +59,17 @@ PAUSED = "paused"
 ABANDONED = "abandoned"  # its driver died before Tune recorded it (Parquet only); a resumed sweep samples it again
 STATUSES = (COMPLETED, STOPPED, ERRORED, DIVERGED, RUNNING, PENDING, PAUSED, ABANDONED)
 
-#: Metrics every trial reports per epoch; the final epoch adds the probes.
-EPOCH_METRICS = (
-    "epoch",
-    "train_loss",
-    "knn_top1",
-    "best_knn_top1",
-    "epoch_time_s",
-    "eval_time_s",
-    "images_per_s",
-    "peak_mem_mb",
-    "current_lr",
-    "step",
-)
-FINAL_METRICS = ("linear_top1", "best_linear_top1", "linear_val_top1", "logreg_top1", "ensemble_top1")
-
-
-def known_metrics() -> set[str]:
-    """Every metric name some trial reports: the shared ones plus each registered method's extras."""
+def known_metrics(*, per_epoch: bool = False) -> set[str]:
+    """Every metric name some trial reports (``per_epoch``: only those reported after every epoch): the loop's shared
+    metrics (``trainables.metrics``) plus each registered method's declared extras, for any configuration."""
     from trainables.methods import METHODS
+    from trainables.metrics import reported_metrics
 
-    names = set(EPOCH_METRICS) | set(FINAL_METRICS)
+    names: set[str] = set()
     for cls in METHODS.values():
-        names |= set(getattr(cls, "metrics", ()))
+        reported = reported_metrics(cls)
+        names |= set(reported.epoch if per_epoch else reported.all)
     return names
-
-
-def _per_epoch_extras() -> set[str]:
-    from trainables.methods import METHODS
-
-    return {m for cls in METHODS.values() for m in getattr(cls, "epoch_metrics", ())}
 
 
 @dataclass(frozen=True)
@@ -199,7 +178,7 @@ class SweepConfig:
     def scheduler_objective(self) -> Objective:
         """The metric the scheduler stops on: the first objective reported every epoch, else knn_top1."""
         for o in self.objective:
-            if o.metric in EPOCH_METRICS or o.metric in _per_epoch_extras():
+            if o.metric in known_metrics(per_epoch=True):
                 return o
         return Objective("knn_top1", "max")
 

@@ -149,6 +149,7 @@ def validate_sweep(
     for point in space.points_to_evaluate:
         study.enqueue_trial(point)
     checked: set[tuple] = set()
+    reported: dict[str, set[str]] = {}  # method -> metrics some sampled configuration reports
     for _ in range(dry_run_samples):
         trial = study.ask()
         try:
@@ -159,11 +160,13 @@ def validate_sweep(
         method, settings = trial_settings(fixed, sampled)
         key = (method, tuple(sorted(settings)))
         if key not in checked:  # one dataset / world-size check per distinct structure
-            prepare_trial(method, settings, workers=cfg.workers, gpus_per_worker=cfg.gpus_per_worker)
+            spec = prepare_trial(method, settings, workers=cfg.workers, gpus_per_worker=cfg.gpus_per_worker)
             checked.add(key)
         else:
-            _spec(fixed, sampled)
+            spec = _spec(fixed, sampled)
+        reported.setdefault(method, set()).update(_reported(spec))
         study.tell(trial, 0.0)
+    _check_objective_reported(cfg, reported)
     _make_default_study_dir(cfg)
     try:
         optuna.storages.RDBStorage(cfg.study_url)
@@ -177,6 +180,21 @@ def validate_sweep(
                 f"`resources`: Train-based trials need the custom resource {DRIVER_RESOURCE!r} on the "
                 f"node that runs trial drivers (see cluster.yaml); the cluster has {cluster.describe()}"
             )
+
+
+def _reported(spec) -> tuple[str, ...]:
+    from trainables.metrics import reported_metrics
+
+    return reported_metrics(spec.method, spec.method_config).all
+
+
+def _check_objective_reported(cfg: SweepConfig, reported: Mapping[str, set[str]]) -> None:
+    """Each objective metric must be reported by some configuration of every method the space samples."""
+    for o in cfg.objective:
+        for method, names in sorted(reported.items()):
+            if o.metric not in names:
+                raise ConfigError(f"`objective` metric {o.metric!r} is not reported by method={method} in space "
+                                  f"{cfg.space!r}; it reports {', '.join(sorted(names))}")
 
 
 def _make_default_study_dir(cfg: SweepConfig) -> None:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
+from ddp_helpers import run_workers
 
 from trainables import distributed
 from trainables.losses import supcon_loss
@@ -25,55 +24,39 @@ def make_batch() -> tuple[torch.Tensor, torch.Tensor]:
     return features, labels
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def transposed_weights(rank: int) -> torch.Tensor:
     """Per-rank weights ``[4, 3]`` with permuted strides."""
     return (torch.arange(12.0).view(3, 4) + 100 * (rank + 1)).T
 
 
-def worker(rank: int, port: int, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD_SIZE)
-    try:
-        features, labels = make_batch()
-        n_local = BATCH // WORLD_SIZE
-        rows = slice(rank * n_local, (rank + 1) * n_local)
-        local = features[rows].clone().requires_grad_()
-        gathered = distributed.gather_with_grad(local)
-        gathered_labels = distributed.gather_with_grad(labels[rows])
-        loss = supcon_loss(
-            gathered, gathered_labels, temperature=TEMPERATURE, anchor_index=distributed.local_rows(n_local)
-        )
-        # all_gather's backward sums every rank's gradient into the owner's slice; DDP then averages over ranks.
-        loss.backward()
+def worker(rank: int) -> dict:
+    features, labels = make_batch()
+    n_local = BATCH // WORLD_SIZE
+    rows = slice(rank * n_local, (rank + 1) * n_local)
+    local = features[rows].clone().requires_grad_()
+    gathered = distributed.gather_with_grad(local)
+    gathered_labels = distributed.gather_with_grad(labels[rows])
+    loss = supcon_loss(gathered, gathered_labels, temperature=TEMPERATURE, anchor_index=distributed.local_rows(n_local))
+    # all_gather's backward sums every rank's gradient into the owner's slice; DDP then averages over ranks.
+    loss.backward()
 
-        # A gradient with permuted strides reaching the gather (gloo scrambled it: pytorch/pytorch#192920).
-        probe = torch.zeros(2, 3, requires_grad=True)
-        (distributed.gather_with_grad(probe) * transposed_weights(rank)).sum().backward()
-        torch.save(
-            {
-                "world_size": distributed.world_size(),
-                "rank": distributed.rank(),
-                "local_rows": (distributed.local_rows(n_local).start, distributed.local_rows(n_local).stop),
-                "gathered": gathered.detach(),
-                "loss": loss.detach(),
-                "grad": local.grad / WORLD_SIZE,
-                "mean_rank": distributed.all_reduce_mean(torch.tensor(float(rank))),
-                "probe_grad": probe.grad,
-            },
-            Path(out_dir) / f"rank{rank}.pt",
-        )
-    finally:
-        dist.destroy_process_group()
+    # A gradient with permuted strides reaching the gather (gloo scrambled it: pytorch/pytorch#192920).
+    probe = torch.zeros(2, 3, requires_grad=True)
+    (distributed.gather_with_grad(probe) * transposed_weights(rank)).sum().backward()
+    return {
+        "world_size": distributed.world_size(),
+        "rank": distributed.rank(),
+        "local_rows": (distributed.local_rows(n_local).start, distributed.local_rows(n_local).stop),
+        "gathered": gathered.detach(),
+        "loss": loss.detach(),
+        "grad": local.grad / WORLD_SIZE,
+        "mean_rank": distributed.all_reduce_mean(torch.tensor(float(rank))),
+        "probe_grad": probe.grad,
+    }
 
 
 def test_two_process_loss_and_gradient_match_single_process(tmp_path: Path) -> None:
-    mp.spawn(worker, args=(free_port(), str(tmp_path)), nprocs=WORLD_SIZE, join=True)
-    results = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
+    results = run_workers(worker, tmp_path=tmp_path, world_size=WORLD_SIZE)
 
     features, labels = make_batch()
     features.requires_grad_()

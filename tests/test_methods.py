@@ -9,13 +9,13 @@ import dataclasses
 import typing
 
 import pytest
-import torch
-from conftest import TINY
+from method_contract import check_method_contract
 
 from trainables.config import ConfigError
 from trainables.data import load_dataset
 from trainables.loop import evaluate_untrained, fit
-from trainables.methods import METHODS, Method, get_method
+from trainables.methods import METHODS, get_method
+from trainables.metrics import reported_metrics
 from trainables.trial import TrialSpec
 
 ALL = sorted(METHODS)
@@ -24,11 +24,6 @@ ALL = sorted(METHODS)
 @pytest.fixture(scope="module")
 def digits():
     return load_dataset("digits")
-
-
-def make(name: str, data, **settings) -> tuple[Method, TrialSpec]:
-    spec = TrialSpec.from_settings(name, {**TINY, **settings})
-    return get_method(name)(spec.method_config, train=spec.train, data=data), spec
 
 
 def test_registry_has_the_engine_methods():
@@ -60,27 +55,18 @@ def test_config_is_a_validated_frozen_dataclass(name):
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_one_step_contract(name, digits):
-    method, spec = make(name, digits)
-    model = method.build()
-    images = torch.from_numpy(digits.train.images[:16].copy())
-    labels = torch.from_numpy(digits.train.labels[:16].copy())
-    views = method.views(images, torch.Generator().manual_seed(0))
-    assert views and all(v.dtype == torch.float32 and v.shape[0] == 16 for v in views)
-    loss, logs = method.loss(model, views, labels, step=0)
-    assert loss.ndim == 0 and torch.isfinite(loss)
-    assert isinstance(logs, dict)
-    loss.backward()
-    grads = [p.grad for p in model.backbone.parameters()]
-    assert all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0
-    method.after_step(model, step=1)
-    model.eval()
-    with torch.no_grad():
-        feats = method.eval_features(model, views[0])
-    assert feats["backbone"].shape == (16, model.backbone.feature_dim)
-    restored, _ = make(name, digits)
-    restored.load_state_dict(method.state_dict())
-    assert restored.state_dict().keys() == method.state_dict().keys()
+def test_method_contract(name, digits):
+    check_method_contract(name, digits)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_declared_metrics_are_known_to_the_sweep(name):
+    from search.spec import known_metrics
+
+    declared = reported_metrics(name)
+    assert set(declared.all) <= known_metrics()
+    assert set(declared.epoch) <= known_metrics(per_epoch=True)
+    assert not set(declared.epoch) & set(declared.final)
 
 
 #: Least kNN top-1 gain (fraction of digits' 300 validation images) of a trained encoder over the same seed's

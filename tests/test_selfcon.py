@@ -4,16 +4,15 @@ validation (also through the CLI, before Ray), the search space, and a short dig
 from __future__ import annotations
 
 import math
-import socket
 from pathlib import Path
 
 import optuna
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import yaml
 from conftest import TINY
+from ddp_helpers import run_workers
+from method_contract import check_method_contract, data_batch
 
 from search.cli import main
 from spaces import selfcon as selfcon_space
@@ -171,31 +170,23 @@ def test_per_rank_losses_average_to_the_global_loss(alpha: float) -> None:
     torch.testing.assert_close((halves[0] + halves[1]) / 2, full)
 
 
-def _ddp_worker(rank: int, port: int, out_dir: str) -> None:
+def _ddp_worker(rank: int) -> dict:
     """One of two gloo ranks: the method's recipe (gather with gradient, labels gathered, local anchors)."""
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    try:
-        features, labels = _features(b=8, seed=3).double(), torch.tensor([0, 1, 2, 0, 1, 3, 0, 2])
-        out = {}
-        for alpha in (0.0, 0.5):
-            rows = slice(rank * 4, (rank + 1) * 4)
-            local = features[rows].clone().requires_grad_()
-            loss = selfcon_loss(distributed.gather_with_grad(local), distributed.gather(labels[rows]),
-                                exit_views=[True, True, False], alpha=alpha, temperature=0.2,
-                                anchor_index=distributed.local_rows(4))
-            loss.backward()
-            out[alpha] = (loss.detach(), local.grad / 2)  # DDP averages parameter gradients over the ranks
-        torch.save(out, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+    features, labels = _features(b=8, seed=3).double(), torch.tensor([0, 1, 2, 0, 1, 3, 0, 2])
+    out = {}
+    for alpha in (0.0, 0.5):
+        rows = slice(rank * 4, (rank + 1) * 4)
+        local = features[rows].clone().requires_grad_()
+        loss = selfcon_loss(distributed.gather_with_grad(local), distributed.gather(labels[rows]),
+                            exit_views=[True, True, False], alpha=alpha, temperature=0.2,
+                            anchor_index=distributed.local_rows(4))
+        loss.backward()
+        out[alpha] = (loss.detach(), local.grad / 2)  # DDP averages parameter gradients over the ranks
+    return out
 
 
 def test_two_process_loss_and_gradient_match_single_process(tmp_path: Path) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    mp.spawn(_ddp_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ranks = run_workers(_ddp_worker, tmp_path=tmp_path)
     features, labels = _features(b=8, seed=3).double().requires_grad_(), torch.tensor([0, 1, 2, 0, 1, 3, 0, 2])
     for alpha in (0.0, 0.5):
         expected = selfcon_loss(features, labels, exit_views=[True, True, False], alpha=alpha, temperature=0.2)
@@ -223,11 +214,11 @@ def _method(digits, **settings):
 def test_method_loss_is_the_loss_of_the_model_outputs(digits, settings) -> None:
     method = _method(digits, **settings)
     model = method.build()
-    images = torch.from_numpy(digits.train.images[:16].copy())
-    labels = torch.from_numpy(digits.train.labels[:16].copy())
-    views = method.views(images, torch.Generator().manual_seed(0))
+    batch = data_batch(digits)
+    labels = batch.labels
+    views = method.views(batch.images, torch.Generator().manual_seed(0))
     assert len(views) == 1
-    loss, _ = method.loss(model, views, labels, step=0)
+    loss, _ = method.loss(model, views, batch, step=0)
     z = model(views[0])  # BatchNorm in train mode: the same batch gives the same outputs
     cfg = method.config
     expected = selfcon_loss(z, labels if cfg.labels else None, exit_views=[True] * (z.shape[1] - 1) + [False],
@@ -241,13 +232,28 @@ def test_multiview_matches_the_reference_layout(digits) -> None:
     """SelfCon-M: [B, 2V] views per image equals the reference's [2B, V] batch with repeated labels."""
     method = _method(digits, multiview=True)
     model = method.build()
-    images = torch.from_numpy(digits.train.images[:16].copy())
-    labels = torch.from_numpy(digits.train.labels[:16].copy())
-    views = method.views(images, torch.Generator().manual_seed(0))
+    batch = data_batch(digits)
+    labels = batch.labels
+    views = method.views(batch.images, torch.Generator().manual_seed(0))
     assert len(views) == 2
-    loss, _ = method.loss(model, views, labels, step=0)
+    loss, _ = method.loss(model, views, batch, step=0)
     z = model(torch.cat(views))  # [2B, V, D]
     torch.testing.assert_close(loss, supcon_loss(z, torch.cat([labels, labels]), temperature=0.1))
+
+
+@pytest.mark.parametrize("settings", [{"labels": False, "multiview": True}, {"selfcon_pos": [True, True, True],
+                                                                         "alpha": 0.5, "head": "mlp_bn"}])
+def test_variants_pass_the_method_contract(digits, settings) -> None:
+    check_method_contract("selfcon", digits, width=WIDTH, **settings)
+
+
+def test_declared_final_metrics_follow_the_exit_count() -> None:
+    from trainables.methods.selfcon import SelfCon
+
+    assert SelfCon.metrics(SelfConConfig(selfcon_pos=(False, True, False))).final == ("exit_top1", "ensemble_top1")
+    assert SelfCon.metrics(SelfConConfig(selfcon_pos=(True, False, True))).final == (
+        "exit1_top1", "exit2_top1", "ensemble_top1")
+    assert {"exit_top1", "exit1_top1", "exit3_top1", "ensemble_top1"} <= set(SelfCon.metrics().final)
 
 
 def test_eval_features_name_the_exits(digits) -> None:

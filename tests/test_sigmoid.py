@@ -5,18 +5,17 @@ encoder, and invalid settings rejected by the CLI."""
 from __future__ import annotations
 
 import math
-import socket
-from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from conftest import TINY
+from ddp_helpers import run_workers
+from method_contract import check_method_contract, data_batch, make_method
 
 from search.cli import main
 from trainables import distributed
+from trainables.config import ConfigError
 from trainables.data import load_dataset
 from trainables.loop import RecordingReporter, evaluate_untrained, fit
 from trainables.losses import sigmoid_pairwise_loss
@@ -140,34 +139,23 @@ def test_multiview_loss_averages_every_target_global_view_against_every_other_vi
         multiview_sigmoid_loss(online[:, :1], target[:, :1], **kw)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _ddp_worker(rank: int, port: int, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
-    try:
-        online, target = multiview_batch()
-        rows = slice(rank * N // WORLD, (rank + 1) * N // WORLD)
-        local = online[rows].clone().requires_grad_()
-        t = torch.tensor(math.log(4.0), dtype=torch.float64, requires_grad=True)
-        b = torch.tensor(-3.0, dtype=torch.float64, requires_grad=True)
-        loss = multiview_sigmoid_loss(distributed.gather_with_grad(local), distributed.gather(target[rows]),
-                                      log_temperature=t, bias=b, **MV)
-        loss.backward()
-        torch.save({"loss": loss.detach(), "online": local.grad, "t": t.grad, "b": b.grad},
-                   Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _ddp_worker(rank: int) -> dict:
+    online, target = multiview_batch()
+    rows = slice(rank * N // WORLD, (rank + 1) * N // WORLD)
+    local = online[rows].clone().requires_grad_()
+    t = torch.tensor(math.log(4.0), dtype=torch.float64, requires_grad=True)
+    b = torch.tensor(-3.0, dtype=torch.float64, requires_grad=True)
+    loss = multiview_sigmoid_loss(distributed.gather_with_grad(local), distributed.gather(target[rows]),
+                                  log_temperature=t, bias=b, **MV)
+    loss.backward()
+    return {"loss": loss.detach(), "online": local.grad, "t": t.grad, "b": b.grad}
 
 
 def test_two_workers_compute_the_global_loss_and_its_gradient(tmp_path):
     """Every worker's loss is the global batch's loss. The gather's backward gives each worker ``WORLD`` times the
     global gradient of its own rows (every worker's loss reaches them) and the global gradient of ``t`` and ``b``;
     DDP's average over workers of the parameter gradients is then exactly the global loss's gradient."""
-    mp.spawn(_ddp_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    results = run_workers(_ddp_worker, tmp_path=tmp_path, world_size=WORLD)
     online, target = multiview_batch()
     online.requires_grad_()
     t = torch.tensor(math.log(4.0), dtype=torch.float64, requires_grad=True)
@@ -175,7 +163,7 @@ def test_two_workers_compute_the_global_loss_and_its_gradient(tmp_path):
     expected = multiview_sigmoid_loss(online, target, log_temperature=t, bias=b, **MV)
     d_online, d_t, d_b = torch.autograd.grad(expected, (online, t, b))
     for rank in range(WORLD):
-        result = torch.load(tmp_path / f"rank{rank}.pt")
+        result = results[rank]
         rows = slice(rank * N // WORLD, (rank + 1) * N // WORLD)
         torch.testing.assert_close(result["loss"], expected.detach())
         torch.testing.assert_close(result["online"], WORLD * d_online[rows])
@@ -189,21 +177,16 @@ def digits():
     return load_dataset("digits")
 
 
-SMALL = {**TINY, "width": 0.125, "num_local_views": 2}
+SMALL = {"width": 0.125, "num_local_views": 2}
 
 
 def make(data, **settings):
-    spec = TrialSpec.from_settings("sigmoid", {**SMALL, **settings})
-    return get_method("sigmoid")(spec.method_config, train=spec.train, data=data), spec
-
-
-def batch(data, n=16):
-    images = torch.from_numpy(data.train.images[:n].copy())
-    return images, torch.from_numpy(data.train.labels[:n].copy())
+    return make_method("sigmoid", data, **{**SMALL, **settings})
 
 
 def target_params(model: ReLICModel) -> dict[str, torch.Tensor]:
-    named = [*model.target_backbone.named_parameters("backbone"), *model.target_head.named_parameters("head")]
+    named = [*model.target_backbone.module.named_parameters("backbone"),
+             *model.target_head.module.named_parameters("head")]
     return {k: v.detach().clone() for k, v in named}
 
 
@@ -225,7 +208,7 @@ def test_model_head_parameters_and_multicrop_views(digits):
     optimised = {id(p) for g in build_optimizer(model, spec.train).param_groups for p in g["params"]}
     assert id(model.log_temperature) in optimised and id(model.bias) in optimised
     assert not optimised & {id(p) for p in model.target_backbone.parameters()}
-    views = method.views(batch(digits)[0], torch.Generator().manual_seed(0))
+    views = method.views(data_batch(digits).images, torch.Generator().manual_seed(0))
     assert [tuple(v.shape[-2:]) for v in views] == [(16, 16)] * 2 + [(6, 6)] * 3  # int(16 * 3 / 7) = 6
     assert [a.scale for a in method.augmentations()] == [(0.1, 1.0)] * 2 + [(0.05, 1.0)] * 3  # the seed's crops
     assert make(digits, crop_scale_min=0.5, local_crop_scale_min=0.3)[0].augmentations()[-1].scale == (0.3, 1.0)
@@ -234,14 +217,14 @@ def test_model_head_parameters_and_multicrop_views(digits):
 
 
 def test_target_gets_no_gradient_and_moves_only_by_ema(digits):
-    method, spec = make(digits, update_beta_after_step=0, beta=0.9)
+    method, spec = make(digits, ema_start_step=0, beta=0.9)
     model = method.build()
     optimizer = build_optimizer(model, spec.train)
-    images, labels = batch(digits)
+    batch = data_batch(digits)
     before = target_params(model)
     for step in range(2):
-        views = method.views(images, torch.Generator().manual_seed(step))
-        loss, logs = method.loss(model, views, labels, step=step)
+        views = method.views(batch.images, torch.Generator().manual_seed(step))
+        loss, logs = method.loss(model, views, batch, step=step)
         optimizer.zero_grad()
         loss.backward()
         assert all(p.grad is None for p in [*model.target_backbone.parameters(), *model.target_head.parameters()])
@@ -263,24 +246,25 @@ def test_target_gets_no_gradient_and_moves_only_by_ema(digits):
 
 
 def test_target_is_a_copy_during_warm_up_and_frozen_with_beta_one(digits):
-    images, labels = batch(digits)
-    method, spec = make(digits, update_beta_after_step=1)
+    batch = data_batch(digits)
+    method, spec = make(digits, ema_start_step=1)
     model = method.build()
     optimizer = build_optimizer(model, spec.train)
-    loss, _ = method.loss(model, method.views(images, torch.Generator().manual_seed(0)), labels, step=0)
+    loss, _ = method.loss(model, method.views(batch.images, torch.Generator().manual_seed(0)), batch, step=0)
     loss.backward()
     optimizer.step()
-    method.after_step(model, step=1)  # step <= update_beta_after_step: the target becomes the online network
-    assert model.target_backbone.state_dict().keys() == model.backbone.state_dict().keys()
+    method.after_step(model, step=1)  # step <= ema_start_step: the target becomes the online network
+    assert model.target_backbone.module.state_dict().keys() == model.backbone.state_dict().keys()
     for online, target in ((model.backbone, model.target_backbone), (model.head, model.target_head)):
-        assert all(torch.equal(v, target.state_dict()[k]) for k, v in online.state_dict().items())  # buffers too
+        assert all(torch.equal(v, target.module.state_dict()[k]) for k, v in online.state_dict().items())  # buffers
 
-    method, spec = make(digits, update_beta_after_step=0, beta=1.0)
+    method, spec = make(digits, ema_start_step=0, beta=1.0)
     model = method.build()
     optimizer = build_optimizer(model, spec.train)
     start = target_params(model)
     for step in range(3):
-        loss, _ = method.loss(model, method.views(images, torch.Generator().manual_seed(step)), labels, step=step)
+        loss, _ = method.loss(model, method.views(batch.images, torch.Generator().manual_seed(step)), batch,
+                              step=step)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -288,16 +272,16 @@ def test_target_is_a_copy_during_warm_up_and_frozen_with_beta_one(digits):
         assert method.ema_beta(step + 1) == 1.0
     end = target_params(model)
     assert all(torch.equal(v, end[k]) for k, v in start.items())
-    assert not torch.equal(model.backbone.stem[0].weight, model.target_backbone.stem[0].weight)
+    assert not torch.equal(model.backbone.stem[0].weight, model.target_backbone.module.stem[0].weight)
 
 
 def test_eval_features_come_from_the_target_backbone(digits):
-    method, _ = make(digits, update_beta_after_step=0)
+    method, _ = make(digits, ema_start_step=0)
     model = method.build()
     with torch.no_grad():
         model.backbone.stem[0].weight.mul_(2.0)  # online and target now differ
     model.eval()
-    x = method.views(batch(digits)[0], torch.Generator().manual_seed(0))[0]
+    x = method.views(data_batch(digits).images, torch.Generator().manual_seed(0))[0]
     with torch.no_grad():
         feats = method.eval_features(model, x)["backbone"]
         assert torch.equal(feats, model.target_backbone(x))
@@ -316,7 +300,7 @@ def test_resume_mid_schedule_continues_gamma_and_beta_exactly(digits):
 
     first = RecordingReporter()
     fit(spec, reporter=first, data=digits, stop_after_epoch=1)
-    assert first.state["method"]["step"] == first.metrics[-1]["step"]
+    assert first.state["method"] == {} and first.state["progress"]["step"] == first.metrics[-1]["step"] == 9
     second = RecordingReporter()
     fit(spec, reporter=second, data=digits, resume_state=first.state)
 
@@ -335,15 +319,29 @@ def test_resume_mid_schedule_continues_gamma_and_beta_exactly(digits):
     assert second.state["method"] == straight.state["method"]
 
 
-def test_method_state_restores_the_schedules(digits):
+def test_schedules_are_functions_of_the_loop_step_and_the_method_keeps_no_state(digits):
     method, _ = make(digits, use_gamma_scaling=True, gamma_scaling_steps=100, gamma=1.0)
-    restored, _ = make(digits, use_gamma_scaling=True, gamma_scaling_steps=100, gamma=1.0)
     method.after_step(method.build(), step=50)
-    restored.load_state_dict(method.state_dict())
-    assert restored.epoch_logs() == method.epoch_logs()
-    assert restored.epoch_logs()["gamma"] == pytest.approx(0.5)
-    with pytest.raises(ValueError, match="step"):
-        restored.load_state_dict({"queue": 1})
+    assert method.epoch_logs(step=50)["gamma"] == pytest.approx(0.5)
+    assert method.epoch_logs(step=0)["gamma"] == 1.0 and method.epoch_logs(step=100)["gamma"] == 0.0
+    assert method.ema_beta(method.shape.total_steps) == pytest.approx(1.0)
+    assert method.state_dict() == {}
+    with pytest.raises(ValueError, match="keeps no state"):
+        method.load_state_dict({"step": 3})
+
+
+@pytest.mark.parametrize("settings", [{"num_local_views": 0, "ema_start_step": 0, "ema_every_n_steps": 2},
+                                      {"use_penalty_filtering": True, "filtering_warmup_steps": 0, "alpha": 0.0}])
+def test_variants_pass_the_method_contract(digits, settings):
+    check_method_contract("sigmoid", digits, **{**SMALL, **settings})
+
+
+def test_renamed_settings():
+    spec = TrialSpec.from_settings("sigmoid", {"init_logit_scale": 10.0, "ema_start_step": 3, "ema_every_n_steps": 2})
+    assert (spec.method_config.init_logit_scale, spec.method_config.ema_start_step) == (10.0, 3)
+    for old in ("init_temperature", "update_beta_after_step", "update_beta_every_n_steps"):
+        with pytest.raises(ConfigError, match=old):
+            TrialSpec.from_settings("sigmoid", {old: 1})
 
 
 @pytest.mark.slow

@@ -12,10 +12,13 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import ROOT, kill_processes_with_env, run_cli
+from conftest import ROOT, TINY, kill_processes_with_env, run_cli
 
 from search.cli import main
+from search.spec import Objective, SweepConfig, known_metrics, parse_objective
+from search.sweep import validate_sweep
 from spaces import load_space
+from trainables.config import ConfigError
 
 QUICK = ["--set", "epochs=4", "--set", "probe_epochs=10", "--set", "width=0.125"]
 
@@ -85,6 +88,34 @@ def test_bad_sweep_input_is_one_line_exit_2_without_ray(args, fragment, capsys, 
     assert fragment in err and len(err.splitlines()) == 1, err
     assert not ray.is_initialized()
     assert not list(tmp_path.glob("*/sweep.json"))
+
+
+def _objective_sweep(space: str, objective: str, tmp_path: Path) -> SweepConfig:
+    return SweepConfig(name="obj", space=space, storage_path=str(tmp_path), fixed={**TINY, "dataset": "digits"},
+                       objective=parse_objective(objective))
+
+
+@pytest.mark.parametrize(("space", "objective"), [("selfcon", "ensemble_top1:max,exit1_top1:max"),
+                                                  ("sigmoid", "gamma:min"), ("ce", "train_top1")])
+def test_method_metrics_are_accepted_as_objectives(space, objective, tmp_path):
+    """Method extras come from the methods' declarations (trainables.metrics), at parsing and at validation."""
+    validate_sweep(_objective_sweep(space, objective, tmp_path), cluster=None)
+
+
+def test_objective_must_be_reported_by_the_space_method(tmp_path):
+    with pytest.raises(ConfigError, match="'exit_top1' is not reported by method=sigmoid in space 'sigmoid'"):
+        validate_sweep(_objective_sweep("sigmoid", "exit_top1", tmp_path), cluster=None, dry_run_samples=2)
+    with pytest.raises(ConfigError, match="'nope' is not reported by any trial; choose from .*knn_top1"):
+        parse_objective("nope")
+
+
+def test_scheduler_stops_on_the_first_per_epoch_objective():
+    assert {"gamma", "ema_beta", "train_top1", "knn_top1"} <= known_metrics(per_epoch=True)
+    assert "ensemble_top1" in known_metrics() - known_metrics(per_epoch=True)
+    cfg = SweepConfig(name="s", space="sigmoid", storage_path="/tmp", objective=parse_objective("gamma:min"))
+    assert cfg.scheduler_objective == Objective("gamma", "min")
+    cfg = SweepConfig(name="s", space="selfcon", storage_path="/tmp", objective=parse_objective("ensemble_top1"))
+    assert cfg.scheduler_objective == Objective("knn_top1", "max")
 
 
 @pytest.mark.slow

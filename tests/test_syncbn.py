@@ -5,9 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
-from test_distributed import free_port
+from ddp_helpers import run_workers
 from torch import nn
 
 from trainables.nets.syncbn import GlobalBatchNorm, convert_sync_batchnorm
@@ -29,25 +27,20 @@ def make_bn() -> nn.Module:
     return bn
 
 
-def worker(rank: int, port: int, out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
-    try:
-        x, w = batch()
-        rows = slice(rank * N, (rank + 1) * N)
-        local = x[rows].clone().requires_grad_()
-        bn = convert_sync_batchnorm(nn.Sequential(make_bn()), torch.device("cpu"))
-        assert isinstance(bn[0], GlobalBatchNorm)
-        y = bn(local)
-        (y * w[rows]).sum().backward()  # the sum over ranks of these losses is the single-process loss
-        torch.save({"y": y.detach(), "grad_x": local.grad, "grad_w": bn[0].weight.grad,
-                    "running_mean": bn[0].running_mean, "running_var": bn[0].running_var}, Path(out) / f"{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def worker(rank: int) -> dict:
+    x, w = batch()
+    rows = slice(rank * N, (rank + 1) * N)
+    local = x[rows].clone().requires_grad_()
+    bn = convert_sync_batchnorm(nn.Sequential(make_bn()), torch.device("cpu"))
+    assert isinstance(bn[0], GlobalBatchNorm)
+    y = bn(local)
+    (y * w[rows]).sum().backward()  # the sum over ranks of these losses is the single-process loss
+    return {"y": y.detach(), "grad_x": local.grad, "grad_w": bn[0].weight.grad,
+            "running_mean": bn[0].running_mean, "running_var": bn[0].running_var}
 
 
 def test_global_batchnorm_matches_single_process(tmp_path: Path) -> None:
-    mp.spawn(worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
-    parts = [torch.load(tmp_path / f"{r}.pt") for r in range(WORLD)]
+    parts = run_workers(worker, tmp_path=tmp_path, world_size=WORLD)
     x, w = batch()
     x.requires_grad_()
     bn = make_bn()

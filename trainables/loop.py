@@ -30,7 +30,7 @@ from torch import nn
 from trainables import distributed
 from trainables.config import ConfigError, TrainConfig
 from trainables.data import ImageData, load_dataset
-from trainables.methods import Method, get_method, unwrap
+from trainables.methods import Batch, Method, RunShape, get_method, unwrap
 from trainables.nets.syncbn import convert_sync_batchnorm
 from trainables.optim import build_optimizer, lr_at
 from trainables.probe import extract_features, knn_top1, linear_probe, logreg_probe, top1
@@ -38,7 +38,9 @@ from trainables.trial import TrialSpec
 
 __all__ = ["CHECKPOINT_VERSION", "RecordingReporter", "Reporter", "check_data", "evaluate_untrained", "fit", "load_data"]
 
-CHECKPOINT_VERSION = 1
+#: 2: targets, queues and banks are ``MomentumTarget``/``nets.momentum`` modules and heads plain ``nn.Sequential``
+#: (model keys changed); the method state holds only what ``Method.load_state_dict`` restores (sigmoid: none).
+CHECKPOINT_VERSION = 2
 
 
 class Reporter(Protocol):
@@ -87,15 +89,16 @@ def _seed_everything(seed: int) -> None:
 
 
 def _batches(images: np.ndarray, labels: np.ndarray, order: np.ndarray, per_worker: int,
-             device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield this worker's (uint8 images, labels) batches on ``device``, read one batch ahead in a thread."""
+             device: torch.device) -> Iterator[Batch]:
+    """Yield this worker's batches (uint8 images, labels, row indices) on ``device``, read one batch ahead."""
     pin = device.type == "cuda"
 
-    def read(rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def read(rows: np.ndarray) -> tuple[torch.Tensor, ...]:
         rows = np.sort(rows)  # ascending reads are kinder to a memory-mapped file; order inside a batch is irrelevant
         x = torch.from_numpy(np.ascontiguousarray(images[rows]))
-        y = torch.from_numpy(np.ascontiguousarray(labels[rows]))
-        return (x.pin_memory(), y.pin_memory()) if pin else (x, y)
+        y = torch.from_numpy(np.ascontiguousarray(labels[rows])).long()
+        i = torch.from_numpy(rows.astype(np.int64))
+        return tuple(t.pin_memory() for t in (x, y, i)) if pin else (x, y, i)
 
     steps = len(order) // per_worker
     q: queue.Queue = queue.Queue(maxsize=2)
@@ -112,8 +115,7 @@ def _batches(images: np.ndarray, labels: np.ndarray, order: np.ndarray, per_work
         item = q.get()
         if isinstance(item, BaseException):
             raise item
-        x, y = item
-        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        yield Batch(*(t.to(device, non_blocking=True) for t in item))
 
 
 def _epoch_order(n: int, seed: int, epoch: int, per_worker: int) -> np.ndarray:
@@ -209,10 +211,11 @@ def fit(
     data = data or load_data(train)
     check_data(spec, data)
     per_worker = train.batch_size // world
-    steps_per_epoch = len(data.train) // train.batch_size
-    total_steps = steps_per_epoch * train.epochs
+    shape = RunShape.of(train, num_samples=len(data.train), world_size=world)
+    steps_per_epoch, total_steps = shape.steps_per_epoch, shape.total_steps
 
     method = get_method(spec.method)(spec.method_config, train=train, data=data)
+    method.setup(shape)
     model = method.build()
     if train.sync_bn and world > 1:
         model = convert_sync_batchnorm(model, device)
@@ -240,14 +243,14 @@ def fit(
         loss_sum = torch.zeros((), device=device)
         log_sums: dict[str, torch.Tensor] = {}
         t0 = time.perf_counter()
-        for images, labels in _batches(data.train.images, data.train.labels, order, per_worker, device):
+        for batch in _batches(data.train.images, data.train.labels, order, per_worker, device):
             lr = lr_at(progress.step, train, steps_per_epoch=steps_per_epoch, total_steps=total_steps, peak=peak_lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
             with torch.no_grad():
-                views = method.views(images, generator)
+                views = method.views(batch.images, generator)
             with autocast:
-                loss, logs = method.loss(ddp_model, views, labels, step=progress.step)
+                loss, logs = method.loss(ddp_model, views, batch, step=progress.step)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}, step {progress.step}: "
                                          "the trial diverged (lower lr or temperature, or turn AMP off)")
@@ -283,7 +286,7 @@ def fit(
             "world_size": world,
             "per_worker_batch": per_worker,
             "gathered_negatives": world > 1,
-            **method.epoch_logs(),
+            **method.epoch_logs(step=progress.step),
         }
         metrics.update(_evaluate(method, ddp_model, data, train, device, final=final))
         metrics["eval_time_s"] = time.perf_counter() - t1
@@ -308,6 +311,7 @@ def evaluate_untrained(spec: TrialSpec, *, data: ImageData | None = None,
     _seed_everything(spec.train.seed)
     data = data or load_data(spec.train)
     method = get_method(spec.method)(spec.method_config, train=spec.train, data=data)
+    method.setup(RunShape.of(spec.train, num_samples=len(data.train)))
     model = method.build().to(device)
     return _evaluate(method, model, data, spec.train, device, final=True)
 

@@ -10,9 +10,9 @@ import importlib
 import pkgutil
 
 from trainables.config import ConfigError
-from trainables.methods.base import DataInfo, Encoder, Method, unwrap
+from trainables.methods.base import Batch, DataInfo, Encoder, Method, RunShape, unwrap
 
-__all__ = ["METHODS", "DataInfo", "Encoder", "Method", "get_method", "register_method", "unwrap"]
+__all__ = ["METHODS", "Batch", "DataInfo", "Encoder", "Method", "RunShape", "get_method", "register_method", "unwrap"]
 
 METHODS: dict[str, type[Method]] = {}
 

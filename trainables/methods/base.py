@@ -1,17 +1,23 @@
 """The method contract: a small object the shared training loop calls through a handful of hooks.
 
-A method owns its typed ``Config`` and whatever state lives outside ``nn.Module`` parameters (schedules, queues,
-memory banks). The loop owns everything else: data, optimiser, precision, DDP, evaluation, checkpoints and reports.
+A method owns its typed ``Config`` and whatever state lives outside ``nn.Module`` parameters and buffers. The loop
+owns everything else: data, optimiser, precision, DDP, evaluation, checkpoints, reports and the global step (the
+truth every schedule is a pure function of). Queues, memory banks and momentum encoders are modules
+(``trainables.nets.momentum``) inside the built model, so ``model.state_dict()`` checkpoints them.
 
 Hooks, in the order the loop calls them::
 
+    method.setup(shape)                                      # once: RunShape(steps_per_epoch, total_steps, ...)
     model = method.build()                                   # once, before DDP wrapping
-    views = method.views(images, generator)                  # each step: uint8 [B,C,H,W] -> list of float views
-    loss, logs = method.loss(model, views, labels, step=s)   # each step, inside autocast
-    method.after_step(model, step=s)                         # after each optimiser step (EMA, queues, schedules)
+    views = method.views(batch.images, generator)           # each step: uint8 [B,C,H,W] -> list of float views
+    loss, logs = method.loss(model, views, batch, step=s)    # each step, inside autocast; s = steps completed
+    method.after_step(model, step=s + 1)                     # after each optimiser step (EMA, queues, banks)
+    method.epoch_logs(step=s + 1)                            # per-epoch extras at that step (gamma, ema_beta, ...)
     feats = method.eval_features(model, x)                   # frozen features, {"backbone": [N,D], ...}
-    method.state_dict() / method.load_state_dict(state)      # non-module state, saved in every checkpoint
-    method.epoch_logs()                                      # per-epoch extras to report (gamma, ema_beta, ...)
+    method.state_dict() / method.load_state_dict(state)      # state outside the model; usually none
+
+``batch`` is a :class:`Batch` (images, labels, dataset row indices). Every key of ``logs`` and ``epoch_logs`` is
+declared in ``epoch_metrics``, every extra final metric in ``final_metrics`` (or ``metrics(config)``).
 """
 
 from __future__ import annotations
@@ -26,9 +32,40 @@ from torch import Tensor, nn
 
 from trainables.config import TrainConfig
 from trainables.data.augment import AugmentConfig, BatchAugment
+from trainables.metrics import MetricNames
 from trainables.nets import build_backbone
 
-__all__ = ["DataInfo", "Encoder", "Method", "unwrap"]
+__all__ = ["Batch", "DataInfo", "Encoder", "Method", "RunShape", "unwrap"]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One worker's batch on the device, as the loop's batch reader builds it."""
+
+    images: Tensor  # uint8 [B, C, H, W]
+    labels: Tensor  # int64 [B], -1 for unlabeled images
+    indices: Tensor  # int64 [B], the samples' rows in the training split (memory banks are indexed by them)
+
+
+@dataclass(frozen=True)
+class RunShape:
+    """The run's size in optimiser steps, computed by the loop once (:meth:`of`) and given to ``Method.setup``."""
+
+    steps_per_epoch: int  # global optimiser steps per epoch (full global batches; the remainder is dropped)
+    total_steps: int  # steps_per_epoch * epochs
+    num_samples: int  # training samples (rows of a memory bank)
+    world_size: int = 1  # DDP workers
+
+    def __post_init__(self) -> None:
+        for name in ("steps_per_epoch", "total_steps", "num_samples", "world_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name} >= 1` must hold, but got {name}={getattr(self, name)!r}")
+
+    @classmethod
+    def of(cls, train: TrainConfig, *, num_samples: int, world_size: int = 1) -> RunShape:
+        """The shape of training ``train`` on ``num_samples`` images: ``num_samples // batch_size`` steps an epoch."""
+        steps_per_epoch = num_samples // train.batch_size
+        return cls(steps_per_epoch, steps_per_epoch * train.epochs, num_samples, world_size)
 
 
 class DataInfo(Protocol):
@@ -80,8 +117,10 @@ class Method(ABC):
     #: ``digits`` is required: a setting that clearly learns on the embedded digits in well under a minute on one CPU
     #: core (the contract's short-run test holds every method to it, measured against an untrained encoder).
     presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
-    #: Whether the loss reads class labels (reported; SimCLR-style methods ignore labels).
-    uses_labels: ClassVar[bool] = False
+    #: Per-epoch extras this method reports: every key of ``loss``'s logs and of ``epoch_logs``.
+    epoch_metrics: ClassVar[tuple[str, ...]] = ()
+    #: Extras of the final report only (probes of extra eval features, ...).
+    final_metrics: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Any, *, train: TrainConfig, data: DataInfo) -> None:
         if not isinstance(config, self.Config):
@@ -89,17 +128,36 @@ class Method(ABC):
         self.config = config
         self.train = train
         self.data = data
+        self._shape: RunShape | None = None
 
     @classmethod
     def needs_labels(cls, config: Any) -> bool:
-        """Whether this configuration's loss reads class labels (default: ``uses_labels``)."""
-        return cls.uses_labels
+        """Whether this configuration's loss reads class labels (checked against the data; default: no)."""
+        return False
+
+    @classmethod
+    def metrics(cls, config: Any = None) -> MetricNames:
+        """The extras this method reports for ``config`` (None: every name some configuration may report).
+        Default: ``epoch_metrics`` and ``final_metrics``."""
+        return MetricNames(tuple(cls.epoch_metrics), tuple(cls.final_metrics))
 
     @classmethod
     def validate(cls, config: Any, train: TrainConfig) -> None:
         """Check what depends on both configs (e.g. exit positions vs backbone); raise ConfigError naming the field.
         Called by ``TrialSpec.from_settings`` before anything runs. Default: nothing to check."""
         return None
+
+    # -- run -----------------------------------------------------------------------------------------------------------
+    def setup(self, shape: RunShape) -> None:
+        """Told once, before ``build``, how long the run is; schedules read it from :attr:`shape`."""
+        self._shape = shape
+
+    @property
+    def shape(self) -> RunShape:
+        """The run's :class:`RunShape`; RuntimeError if the loop (or a test) has not called ``setup`` yet."""
+        if self._shape is None:
+            raise RuntimeError(f"{self.name}: call setup(RunShape) before using the run's shape")
+        return self._shape
 
     # -- model ---------------------------------------------------------------------------------------------------------
     def build_backbone(self) -> nn.Module:
@@ -125,26 +183,29 @@ class Method(ABC):
 
     # -- objective -----------------------------------------------------------------------------------------------------
     @abstractmethod
-    def loss(self, model: nn.Module, views: list[Tensor], labels: Tensor, *, step: int) -> tuple[Tensor, dict]:
-        """Scalar loss of one step and a dict of float logs. ``model`` may be DDP-wrapped: call it to forward."""
+    def loss(self, model: nn.Module, views: list[Tensor], batch: Batch, *, step: int) -> tuple[Tensor, dict]:
+        """Scalar loss of the step after ``step`` completed steps, and a dict of float logs (keys in
+        ``epoch_metrics``). ``model`` may be DDP-wrapped: call it to forward."""
 
     def after_step(self, model: nn.Module, *, step: int) -> None:
-        """Called after each optimiser step (EMA targets, momentum encoders, queues, schedules). Default: nothing."""
+        """Called after optimiser step ``step`` (1-based): EMA targets, queues, memory banks. Default: nothing."""
         return None
 
     # -- evaluation ----------------------------------------------------------------------------------------------------
     def eval_features(self, model: nn.Module, x: Tensor) -> dict[str, Tensor]:
-        """Frozen features for the kNN monitor and the probes; the ``backbone`` entry is required."""
+        """Frozen features ``{name: [N, D_name]}`` for the kNN monitor (``backbone``, required) and the probes (each
+        other entry ``name`` is probed and reported as ``{name}_top1``, declared in ``final_metrics``)."""
         return {"backbone": unwrap(model).backbone(x)}
 
-    # -- state outside nn.Module ---------------------------------------------------------------------------------------
+    def epoch_logs(self, *, step: int) -> dict[str, float]:
+        """Per-epoch extras at global step ``step`` (keys in ``epoch_metrics``). Default: none."""
+        return {}
+
+    # -- state outside the model ---------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
+        """State outside the model that ``load_state_dict`` restores (buffers belong in the model). Default: none."""
         return {}
 
     def load_state_dict(self, state: Mapping) -> None:
         if state:
             raise ValueError(f"{self.name} keeps no state, but the checkpoint holds {sorted(state)}")
-
-    def epoch_logs(self) -> dict[str, float]:
-        """Per-epoch extras to report beside the shared metrics."""
-        return {}

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from trainables.config import check_range
 from trainables.data.augment import AugmentConfig
 from trainables.methods import register_method
-from trainables.methods.base import Encoder, Method
+from trainables.methods.base import Batch, Encoder, Method
 
 __all__ = ["CrossEntropy", "CrossEntropyConfig"]
 
@@ -38,7 +38,11 @@ class CrossEntropy(Method):
     Config = CrossEntropyConfig
     recipe = {"lr": 0.8, "optimizer": "sgd", "momentum": 0.9, "weight_decay": 1e-4, "schedule": "cosine"}
     presets = {"digits": {"dataset": "digits", "width": 0.25, "batch_size": 128, "epochs": 10, "lr": 0.05}}
-    uses_labels = True
+    epoch_metrics = ("train_top1",)
+
+    @classmethod
+    def needs_labels(cls, config: CrossEntropyConfig) -> bool:
+        return True
 
     def build(self) -> nn.Module:
         backbone = self.build_backbone()
@@ -48,7 +52,7 @@ class CrossEntropy(Method):
         return [AugmentConfig(size=self.data.image_size, scale=(self.config.crop_scale_min, 1.0), jitter_p=0.0,
                               grayscale_p=0.0)]
 
-    def loss(self, model: nn.Module, views: list[Tensor], labels: Tensor, *, step: int) -> tuple[Tensor, dict]:
-        logits = model(views[0]).float()
+    def loss(self, model: nn.Module, views: list[Tensor], batch: Batch, *, step: int) -> tuple[Tensor, dict]:
+        logits, labels = model(views[0]).float(), batch.labels
         loss = nn.functional.cross_entropy(logits, labels, label_smoothing=self.config.label_smoothing)
         return loss, {"train_top1": (logits.argmax(1) == labels).float().mean().detach()}

@@ -58,8 +58,9 @@ from trainables.config import ConfigError, TrainConfig, check_choice, check_rang
 from trainables.data.augment import AugmentConfig, supcon_augment
 from trainables.losses import supcon_loss
 from trainables.methods import register_method
-from trainables.methods.base import Method, unwrap
-from trainables.nets import BACKBONES, EXIT_HEAD_KINDS, EXIT_SIZES, FAMILIES, MultiExitNet, backbone_info
+from trainables.methods.base import Batch, Method, unwrap
+from trainables.metrics import MetricNames
+from trainables.nets import BACKBONES, EXIT_HEAD_KINDS, EXIT_SIZES, FAMILIES, MultiExitNet, backbone_info, exit_names
 
 __all__ = ["SelfCon", "SelfConConfig", "selfcon_loss"]
 
@@ -174,12 +175,23 @@ class SelfCon(Method):
     recipe = {"lr": 0.5, "optimizer": "sgd", "momentum": 0.9, "weight_decay": 1e-4, "schedule": "cosine"}
     presets = {"digits": {"dataset": "digits", "width": 0.25, "batch_size": 128, "epochs": 15, "lr": 0.05, "crop_scale_min": 0.5,
                           "head": "mlp_bn", "selfcon_size": "same"}}
-    uses_labels = True
 
     @classmethod
     def needs_labels(cls, config: SelfConConfig) -> bool:
         """SelfCon reads labels; SelfCon-U (``labels=false``) does not, so it can pretrain on unlabeled splits."""
         return config.labels
+
+    @classmethod
+    def metrics(cls, config: SelfConConfig | None = None) -> MetricNames:
+        """Final: one linear probe per exit (``exit_top1``, or ``exit1_top1``, ``exit2_top1``, ...) and
+        ``ensemble_top1``; without a config, the names of every exit count a backbone allows."""
+        if config is not None:
+            counts = [sum(config.selfcon_pos)]
+        else:
+            counts = range(1, 1 + max(len(backbone_info(n).attach_points) for n in BACKBONES
+                                      if backbone_info(n).family is not None))
+        names = dict.fromkeys(f"{e}_top1" for n in counts if n >= 1 for e in exit_names(n))
+        return MetricNames((), (*names, "ensemble_top1"))
 
     @classmethod
     def validate(cls, config: SelfConConfig, train: TrainConfig) -> None:
@@ -211,13 +223,13 @@ class SelfCon(Method):
         aug = aug.replace(scale=(self.config.crop_scale_min, 1.0))
         return [aug] * (2 if self.config.multiview else 1)
 
-    def loss(self, model: nn.Module, views: list[Tensor], labels: Tensor, *, step: int) -> tuple[Tensor, dict]:
+    def loss(self, model: nn.Module, views: list[Tensor], batch: Batch, *, step: int) -> tuple[Tensor, dict]:
         b, n_aug = views[0].shape[0], len(views)
         z = model(torch.cat(views))  # [n_aug * B, V, D], V = exits + backbone, normalised; one forward for DDP
         v = z.shape[1]
         features = z.view(n_aug, b, v, -1).transpose(0, 1).reshape(b, n_aug * v, -1)  # view a * V + k
         features = distributed.gather_with_grad(features)
-        labels = distributed.gather(labels) if self.config.labels else None
+        labels = distributed.gather(batch.labels) if self.config.labels else None
         exit_views = [k < v - 1 for _ in range(n_aug) for k in range(v)]
         loss = selfcon_loss(features, labels, exit_views=exit_views, alpha=self.config.alpha,
                             temperature=self.config.temperature, base_temperature=self.config.base_temperature,

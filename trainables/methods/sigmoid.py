@@ -2,9 +2,10 @@
 2023): an online encoder trained with :func:`trainables.losses.sigmoid_pairwise_loss` against an EMA target encoder.
 
 Model: online ``backbone -> head`` (``Linear -> BN -> ReLU -> Linear``, no biases, ``in -> 512 -> 64``), a target
-copy of both that no gradient reaches (``after_step`` copies the online encoder into it up to
-``update_beta_after_step``, then moves it by EMA), and two learnable scalars, the log-temperature ``t`` (init ``log 5``) and the
-bias ``b`` (init -5), registered on the module so the optimiser and DDP see them.
+copy of both (:class:`trainables.nets.momentum.MomentumTarget`, no gradient; ``after_step`` copies the online
+encoder into it up to ``ema_start_step``, then moves it by EMA), and two learnable scalars, the log-temperature ``t``
+(init ``log init_logit_scale``) and the bias ``b`` (init -5), registered on the module so the optimiser and DDP see
+them.
 
 Views (multi-crop): ``num_global_views`` ReLIC global views at full size, then ``num_local_views`` local views at
 ``int(size * local_size_ratio)`` px (:func:`trainables.data.augment.multicrop`). The target projects the global views
@@ -14,8 +15,9 @@ only; every target projection of global view ``g`` is paired with every online p
 ``filtering_warmup_steps`` on.
 
 Schedules: the confidence penalty ``gamma`` (:func:`trainables.schedules.gamma_at`) and the EMA coefficient
-(:func:`trainables.schedules.ema_beta_at`) are pure functions of the global optimiser step, which the loop restores on
-resume, so a resumed trial continues both exactly. Each epoch reports ``gamma``, ``ema_beta``, the mean learnt
+(:func:`trainables.schedules.ema_beta_at`) are pure functions of the loop's global optimiser step and the run's
+length (``Method.setup``), which the loop restores on resume, so a resumed trial continues both exactly and the method
+keeps no state of its own. Each epoch reports ``gamma``, ``ema_beta``, the mean learnt
 ``logit_scale`` (``min(e^t, max_scale)``) and ``logit_bias``, and ``instance_top1`` (how often an online view's most
 similar target is its own image's, the seed's ``acc/top1``).
 
@@ -34,9 +36,8 @@ which also see the local views: evaluation on full-size images then normalises w
 
 from __future__ import annotations
 
-import copy
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -48,10 +49,11 @@ from trainables.config import ConfigError, TrainConfig, check_choice, check_rang
 from trainables.data.augment import AugmentConfig, local_view_size, multicrop
 from trainables.losses import sigmoid_pairwise_loss
 from trainables.methods import register_method
-from trainables.methods.base import DataInfo, Method, unwrap
+from trainables.methods.base import Batch, Method, unwrap
+from trainables.nets import MomentumTarget, projection_head
 from trainables.schedules import GAMMA_SCHEDULES, ema_action, ema_beta_at, gamma_at
 
-__all__ = ["ReLICModel", "Sigmoid", "SigmoidConfig", "multiview_sigmoid_loss", "relic_head"]
+__all__ = ["ReLICModel", "Sigmoid", "SigmoidConfig", "multiview_sigmoid_loss"]
 
 
 @dataclass(frozen=True)
@@ -65,8 +67,8 @@ class SigmoidConfig:
     gamma_schedule: Literal["cosine", "linear", "constant"] = "cosine"  # shape of the decay (constant: gamma0 then 0)
     alpha: float = 1.0  # weight of the KL invariance term
     beta: float = 0.995  # initial EMA coefficient beta0, raised to 1 by a cosine over the run's steps
-    update_beta_after_step: int = 1  # the target is a copy of the online network up to this step; EMA after it
-    update_beta_every_n_steps: int = 1  # EMA update on steps that are multiples of this
+    ema_start_step: int = 1  # the target is a copy of the online network up to this step; EMA after it
+    ema_every_n_steps: int = 1  # EMA update of the target on steps that are multiples of this
     use_penalty_filtering: bool = False  # drop negatives whose penalty (1 - p)^gamma <= filtering_threshold
     filtering_threshold: float = 0.05  # penalty threshold of the filtering
     filtering_warmup_steps: int = 5000  # filtering starts at this step
@@ -77,7 +79,7 @@ class SigmoidConfig:
     local_crop_scale_min: float = 0.05  # lower bound of the local views' crop area scale
     proj_hidden_dim: int = 512  # hidden width of the projection MLP
     proj_out_dim: int = 64  # projection dimension
-    init_temperature: float = 5.0  # initial scale e^t (t = log 5)
+    init_logit_scale: float = 5.0  # initial logit scale e^t (t = log 5)
     init_bias: float = -5.0  # initial bias b
     max_scale: float = 5.0  # e^t is clamped to at most this
 
@@ -89,8 +91,8 @@ class SigmoidConfig:
         check_choice("gamma_schedule", self.gamma_schedule, GAMMA_SCHEDULES)
         check_range("alpha", self.alpha, low=0.0)
         check_range("beta", self.beta, low=0.0, high=1.0)
-        check_range("update_beta_after_step", self.update_beta_after_step, low=0)
-        check_range("update_beta_every_n_steps", self.update_beta_every_n_steps, low=1)
+        check_range("ema_start_step", self.ema_start_step, low=0)
+        check_range("ema_every_n_steps", self.ema_every_n_steps, low=1)
         check_range("filtering_threshold", self.filtering_threshold, low=0.0, high=1.0)
         check_range("filtering_warmup_steps", self.filtering_warmup_steps, low=0)
         check_range("num_global_views", self.num_global_views, low=1)
@@ -104,15 +106,9 @@ class SigmoidConfig:
         check_range("local_crop_scale_min", self.local_crop_scale_min, low=0.0, high=1.0, low_inclusive=False)
         check_range("proj_hidden_dim", self.proj_hidden_dim, low=1)
         check_range("proj_out_dim", self.proj_out_dim, low=1)
-        check_range("init_temperature", self.init_temperature, low=0.0, low_inclusive=False)
+        check_range("init_logit_scale", self.init_logit_scale, low=0.0, low_inclusive=False)
         check_range("max_scale", self.max_scale, low=0.0, low_inclusive=False)
         check_range("init_bias", self.init_bias)
-
-
-def relic_head(dim_in: int, hidden_dim: int = 512, out_dim: int = 64) -> nn.Sequential:
-    """The seed's critic MLP ``[B, dim_in] -> [B, out_dim]``: Linear -> BatchNorm1d -> ReLU -> Linear, no biases."""
-    return nn.Sequential(nn.Linear(dim_in, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True),
-                         nn.Linear(hidden_dim, out_dim, bias=False))
 
 
 class ReLICModel(nn.Module):
@@ -123,14 +119,14 @@ class ReLICModel(nn.Module):
     backbone pass per run of equally sized views (global views share a pass, local views another).
     """
 
-    def __init__(self, backbone: nn.Module, head: nn.Module, *, init_temperature: float = 5.0,
+    def __init__(self, backbone: nn.Module, head: nn.Module, *, init_logit_scale: float = 5.0,
                  init_bias: float = -5.0) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
-        self.target_backbone = copy.deepcopy(backbone).requires_grad_(False)
-        self.target_head = copy.deepcopy(head).requires_grad_(False)
-        self.log_temperature = nn.Parameter(torch.tensor(math.log(init_temperature)))
+        self.target_backbone = MomentumTarget(backbone)
+        self.target_head = MomentumTarget(head)
+        self.log_temperature = nn.Parameter(torch.tensor(math.log(init_logit_scale)))
         self.bias = nn.Parameter(torch.tensor(float(init_bias)))
 
     @staticmethod
@@ -156,18 +152,10 @@ class ReLICModel(nn.Module):
         normalise with batch statistics and update their running statistics, from the views given (global only)."""
         return self._project(self.target_backbone, self.target_head, views)
 
-    @torch.no_grad()
-    def update_target(self, beta: float) -> None:
-        """``target <- lerp(target, online, 1 - beta)`` for every parameter (BatchNorm statistics excluded)."""
-        target = [*self.target_backbone.parameters(), *self.target_head.parameters()]
-        online = [*self.backbone.parameters(), *self.head.parameters()]
-        torch._foreach_lerp_(target, online, 1.0 - beta)
-
-    @torch.no_grad()
-    def copy_to_target(self) -> None:
-        """Make the target an exact copy of the online encoder (parameters and buffers)."""
-        self.target_backbone.load_state_dict(self.backbone.state_dict())
-        self.target_head.load_state_dict(self.head.state_dict())
+    @property
+    def momentum_pairs(self) -> list[tuple[nn.Module, MomentumTarget]]:
+        """The (online, target) pairs the EMA moves."""
+        return [(self.backbone, self.target_backbone), (self.head, self.target_head)]
 
 
 def multiview_sigmoid_loss(online: Tensor, target: Tensor, **loss_kwargs: Any) -> Tensor:
@@ -211,11 +199,7 @@ class Sigmoid(Method):
     #: batch 64 (twice the steps), lr 1e-3 and beta0 = 0 (the target follows the online encoder early, then slows).
     presets = {"digits": {"dataset": "digits", "width": 0.25, "batch_size": 64, "epochs": 15, "lr": 1e-3, "beta": 0.0,
                           "crop_scale_min": 0.5, "local_crop_scale_min": 0.3, "num_local_views": 2}}
-    uses_labels = False
-
-    def __init__(self, config: SigmoidConfig, *, train: TrainConfig, data: DataInfo) -> None:
-        super().__init__(config, train=train, data=data)
-        self._step = 0  # optimiser steps completed (the loop's global step)
+    epoch_metrics = ("gamma", "ema_beta", "logit_scale", "logit_bias", "instance_top1")
 
     @classmethod
     def validate(cls, config: SigmoidConfig, train: TrainConfig) -> None:
@@ -226,12 +210,6 @@ class Sigmoid(Method):
                               f"(int({size} * {config.local_size_ratio:.4g}) = 0)")
 
     # -- schedules -----------------------------------------------------------------------------------------------------
-    @property
-    def total_steps(self) -> int:
-        """Optimiser steps of the whole run (``K`` of the EMA schedule), as the loop counts them."""
-        steps_per_epoch = len(self.data.train) // self.train.batch_size  # type: ignore[attr-defined]  # ImageData
-        return max(1, steps_per_epoch * self.train.epochs)
-
     def gamma(self, step: int) -> float:
         """Confidence penalty of the loss of step ``step`` (0-based)."""
         c = self.config
@@ -241,14 +219,15 @@ class Sigmoid(Method):
     def ema_beta(self, step: int) -> float:
         """EMA coefficient in effect after step ``step`` (1-based)."""
         c = self.config
-        return ema_beta_at(step, beta=c.beta, total_steps=self.total_steps, after_step=c.update_beta_after_step,
-                           every_n_steps=c.update_beta_every_n_steps)
+        return ema_beta_at(step, beta=c.beta, total_steps=self.shape.total_steps, after_step=c.ema_start_step,
+                           every_n_steps=c.ema_every_n_steps)
 
     # -- hooks ---------------------------------------------------------------------------------------------------------
     def build(self) -> nn.Module:
         backbone = self.build_backbone()
-        head = relic_head(backbone.feature_dim, self.config.proj_hidden_dim, self.config.proj_out_dim)
-        return ReLICModel(backbone, head, init_temperature=self.config.init_temperature,
+        head = projection_head(backbone.feature_dim, self.config.proj_out_dim, kind="mlp_bn",
+                               hidden_dim=self.config.proj_hidden_dim, bias=False)  # the seed's critic MLP
+        return ReLICModel(backbone, head, init_logit_scale=self.config.init_logit_scale,
                           init_bias=self.config.init_bias)
 
     def augmentations(self) -> list[AugmentConfig]:
@@ -256,7 +235,7 @@ class Sigmoid(Method):
         return multicrop(self.data.image_size, c.num_global_views, c.num_local_views, local_ratio=c.local_size_ratio,
                          global_scale=(c.crop_scale_min, 1.0), local_scale=(c.local_crop_scale_min, 1.0))
 
-    def loss(self, model: nn.Module, views: list[Tensor], labels: Tensor, *, step: int) -> tuple[Tensor, dict]:
+    def loss(self, model: nn.Module, views: list[Tensor], batch: Batch, *, step: int) -> tuple[Tensor, dict]:
         c = self.config
         module: ReLICModel = unwrap(model)
         n_global = c.num_global_views
@@ -277,30 +256,22 @@ class Sigmoid(Method):
                       "instance_top1": hits.float().mean()}
 
     def after_step(self, model: nn.Module, *, step: int) -> None:
+        """Copy the online encoder into the target up to ``ema_start_step``, then EMA with ``ema_beta(step)``."""
         c = self.config
-        self._step = step
-        action = ema_action(step, after_step=c.update_beta_after_step, every_n_steps=c.update_beta_every_n_steps)
-        module: ReLICModel = unwrap(model)
-        if action == "copy":
-            module.copy_to_target()
-        elif action == "ema":
-            module.update_target(self.ema_beta(step))
+        action = ema_action(step, after_step=c.ema_start_step, every_n_steps=c.ema_every_n_steps)
+        if action == "none":
+            return
+        beta = self.ema_beta(step)
+        for online, target in unwrap(model).momentum_pairs:
+            if action == "copy":
+                target.copy_from(online)
+            else:
+                target.update(online, beta)
 
     def eval_features(self, model: nn.Module, x: Tensor) -> dict[str, Tensor]:
         """The target encoder's backbone features (what the seed evaluates)."""
         return {"backbone": unwrap(model).target_backbone(x)}
 
-    # -- state ---------------------------------------------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        """The global step and the schedules' values at it (the values are derived from the step and the config)."""
-        return {"step": self._step, "gamma": self.gamma(self._step), "ema_beta": self.ema_beta(self._step)}
-
-    def load_state_dict(self, state: Mapping) -> None:
-        unknown = sorted(set(state) - {"step", "gamma", "ema_beta"})
-        if unknown or "step" not in state:
-            raise ValueError(f"{self.name} state must hold `step` (and gamma, ema_beta), but got keys {sorted(state)}")
-        self._step = int(state["step"])
-
-    def epoch_logs(self) -> dict[str, float]:
-        """The schedules at the current global step: ``gamma`` for the next loss, ``ema_beta`` of the last update."""
-        return {"gamma": self.gamma(self._step), "ema_beta": self.ema_beta(self._step)}
+    def epoch_logs(self, *, step: int) -> dict[str, float]:
+        """The schedules at global step ``step``: ``gamma`` for the next loss, ``ema_beta`` of the last update."""
+        return {"gamma": self.gamma(step), "ema_beta": self.ema_beta(step)}

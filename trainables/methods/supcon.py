@@ -19,8 +19,8 @@ from trainables.config import check_choice, check_range
 from trainables.data.augment import AugmentConfig, supcon_augment
 from trainables.losses import supcon_loss
 from trainables.methods import register_method
-from trainables.methods.base import Encoder, Method
-from trainables.nets import ProjectionHead
+from trainables.methods.base import Batch, Encoder, Method
+from trainables.nets import projection_head
 
 __all__ = ["SimCLR", "SimCLRConfig", "SupCon", "SupConConfig"]
 
@@ -62,11 +62,14 @@ class SupCon(Method):
     Config = SupConConfig
     recipe = {"lr": 0.5, "optimizer": "sgd", "momentum": 0.9, "weight_decay": 1e-4, "schedule": "cosine"}
     presets = {"digits": {"dataset": "digits", "width": 0.25, "batch_size": 128, "epochs": 10, "lr": 0.05, "crop_scale_min": 0.5}}
-    uses_labels = True
+
+    @classmethod
+    def needs_labels(cls, config: SupConConfig) -> bool:
+        return True
 
     def build(self) -> nn.Module:
         backbone = self.build_backbone()
-        head = ProjectionHead(backbone.feature_dim, self.config.feat_dim, kind=self.config.head)
+        head = projection_head(backbone.feature_dim, self.config.feat_dim, kind=self.config.head)
         return Encoder(backbone, head, normalize=True)
 
     def augmentations(self) -> list[AugmentConfig]:
@@ -74,12 +77,12 @@ class SupCon(Method):
         aug = aug.replace(scale=(self.config.crop_scale_min, 1.0))
         return [aug] * self.config.n_views
 
-    def loss(self, model: nn.Module, views: list[Tensor], labels: Tensor, *, step: int) -> tuple[Tensor, dict]:
+    def loss(self, model: nn.Module, views: list[Tensor], batch: Batch, *, step: int) -> tuple[Tensor, dict]:
         b = views[0].shape[0]
         z = model(torch.cat(views)).float()  # one forward: BatchNorm sees every view, DDP syncs once
         features = z.view(len(views), b, -1).transpose(0, 1)  # [B, V, D]
         features = distributed.gather_with_grad(features)
-        labels = distributed.gather(labels) if self.uses_labels else None
+        labels = distributed.gather(batch.labels) if self.needs_labels(self.config) else None
         loss = supcon_loss(features, labels, temperature=self.config.temperature,
                            base_temperature=self.config.base_temperature, contrast_mode=self.config.contrast_mode,
                            anchor_index=distributed.local_rows(b))
@@ -95,4 +98,7 @@ class SimCLR(SupCon):
     #: Without labels, SGD at 0.05 made digits' kNN fall below the untrained encoder's on some seeds; Adam learns.
     presets = {"digits": {"dataset": "digits", "width": 0.25, "batch_size": 128, "epochs": 20, "optimizer": "adam", "lr": 1e-3,
                           "weight_decay": 1e-5, "temperature": 0.2, "crop_scale_min": 0.5}}
-    uses_labels = False
+
+    @classmethod
+    def needs_labels(cls, config: SimCLRConfig) -> bool:
+        return False

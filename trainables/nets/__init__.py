@@ -2,8 +2,9 @@
 
 ``build_backbone(name, ...)`` builds a registered backbone (``BACKBONES`` lists them; ``backbone_info(name)`` gives
 its family and attach points without building it). Families: ResNet-18/34/50/101 (``resnet``), VGG-13/16 with and
-without BN (``vgg``), WRN-16-8 (``wrn``) and ``effnet_small`` (``efficientnet``). ``ProjectionHead`` maps a feature
-to the loss space; ``MultiExitNet`` adds SelfCon exits to a backbone.
+without BN (``vgg``), WRN-16-8 (``wrn``) and ``effnet_small`` (``efficientnet``). ``projection_head`` maps a
+feature to the loss space; ``MultiExitNet`` adds SelfCon exits to a backbone; ``momentum`` holds the EMA target,
+feature queue and memory bank of methods with state.
 """
 
 from trainables.nets._registry import (
@@ -30,9 +31,9 @@ from trainables.nets.exits import (
     MultiExitNet,
     build_exit,
     exit_names,
-    projection_head,
 )
-from trainables.nets.heads import HEAD_KINDS, ProjectionHead
+from trainables.nets.heads import HEAD_KINDS, projection_head
+from trainables.nets.momentum import FeatureQueue, MemoryBank, MomentumTarget, cosine_momentum
 
 __all__ = [
     "BACKBONES",
@@ -48,12 +49,15 @@ __all__ = [
     "EfficientNet",
     "Exit",
     "MultiExitNet",
-    "ProjectionHead",
+    "FeatureQueue",
+    "MemoryBank",
+    "MomentumTarget",
     "ResNet",
     "WideResNet",
     "backbone_info",
     "build_backbone",
     "build_exit",
+    "cosine_momentum",
     "effnet_small",
     "exit_names",
     "projection_head",

@@ -8,7 +8,7 @@ An :class:`Exit` attached after stage ``s`` maps the trunk's map after ``s`` to 
   trunk's widths (the reference's ``small``);
 - ``same``: a freshly initialised, full copy of the stages after ``s``.
 
-Heads: ``mlp`` and ``linear`` are :class:`~trainables.nets.heads.ProjectionHead` (the reference's heads);
+Heads come from :func:`~trainables.nets.heads.projection_head`: ``mlp`` and ``linear`` are the reference's heads;
 ``mlp_bn`` adds BatchNorm after the hidden layer. Independently initialised MLP heads map the backbone and an exit to
 two nearly constant, unrelated directions, so the first SelfCon steps see a loss far above the uniform plateau and
 plain SGD collapses every projection onto one point (measured on digits: the loss sticks at
@@ -31,25 +31,14 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from trainables.nets.heads import HEAD_KINDS, ProjectionHead
+from trainables.nets.heads import HEAD_KINDS, HeadKind, projection_head
 
-__all__ = ["EXIT_HEAD_KINDS", "EXIT_SIZES", "Exit", "MultiExitNet", "build_exit", "exit_names", "projection_head"]
+__all__ = ["EXIT_HEAD_KINDS", "EXIT_SIZES", "Exit", "MultiExitNet", "build_exit", "exit_names"]
 
 ExitSize = Literal["fc", "small", "same"]
 EXIT_SIZES: tuple[str, ...] = ("fc", "small", "same")
-ExitHeadKind = Literal["mlp", "linear", "mlp_bn"]
-EXIT_HEAD_KINDS: tuple[str, ...] = (*HEAD_KINDS, "mlp_bn")
-
-
-def projection_head(dim_in: int, feat_dim: int = 128, *, kind: ExitHeadKind = "mlp") -> nn.Module:
-    """``[B, dim_in] -> [B, feat_dim]``, un-normalised: a :class:`ProjectionHead` (``mlp``, ``linear``) or, for
-    ``mlp_bn``, ``Linear(dim_in, dim_in) -> BatchNorm1d -> ReLU -> Linear(dim_in, feat_dim)``."""
-    if kind not in EXIT_HEAD_KINDS:
-        raise ValueError(f"`kind` must be one of {list(EXIT_HEAD_KINDS)}, but got kind={kind!r}")
-    if kind != "mlp_bn":
-        return ProjectionHead(dim_in, feat_dim, kind=kind)
-    return nn.Sequential(nn.Linear(dim_in, dim_in), nn.BatchNorm1d(dim_in), nn.ReLU(inplace=True),
-                         nn.Linear(dim_in, feat_dim))
+ExitHeadKind = HeadKind
+EXIT_HEAD_KINDS: tuple[str, ...] = HEAD_KINDS  # every projection-head kind
 
 
 def exit_names(n: int) -> tuple[str, ...]:
