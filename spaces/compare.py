@@ -1,6 +1,7 @@
 """Cross-method comparison: ``method`` is a categorical; each method's own parameters are sampled only for it.
 
-The candidate methods are every bundled method space (``spaces/<method>.py`` exposing ``METHOD`` and ``params``).
+The candidates are every registered method; each has its own space ``spaces/<method>.py`` exposing ``METHOD`` and
+``params(trial, fixed)``, which this space calls for the sampled method.
 """
 
 from __future__ import annotations
@@ -11,21 +12,11 @@ from typing import Any
 
 DESCRIPTION = "Method as a categorical; each method's parameters conditional on it"
 
-#: Method spaces in a stable order; a new method adds its name here and its own spaces/<method>.py.
-CANDIDATES = ("supcon", "simclr", "ce", "selfcon", "sigmoid")
-
-
 def available() -> list[str]:
-    """The candidate methods whose space module exists."""
-    out = []
-    for name in CANDIDATES:
-        try:
-            module = importlib.import_module(f"spaces.{name}")
-        except ImportError:
-            continue
-        if hasattr(module, "params"):
-            out.append(name)
-    return out
+    """Every registered method, in name order; each has its space ``spaces/<method>.py`` (the tests check it)."""
+    from trainables.methods import METHODS
+
+    return sorted(METHODS)
 
 
 def space(trial: Any, fixed: Mapping[str, Any]) -> dict[str, Any]:

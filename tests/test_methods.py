@@ -9,6 +9,7 @@ import dataclasses
 import typing
 
 import pytest
+from conftest import ROOT
 from method_contract import check_method_contract
 
 from trainables.config import ConfigError
@@ -77,6 +78,19 @@ def test_declared_metrics_are_known_to_the_sweep(name):
 #: learn reaches (a gain of 0 when nothing trains; broken losses push kNN below the untrained encoder). The linear
 #: probe is no criterion here: on digits it reaches ~0.93 on random features, within the spread between CPUs.
 MIN_KNN_GAIN = 0.03
+
+
+def test_every_method_has_its_space_and_a_readme_row():
+    import importlib
+
+    from spaces.compare import available
+
+    assert available() == ALL
+    readme = (ROOT / "README.md").read_text()
+    for name in ALL:
+        module = importlib.import_module(f"spaces.{name}")
+        assert module.METHOD == name and callable(module.params), name
+        assert f"| `{name}`" in readme or f"`{name}`, " in readme, f"README's method table lacks {name}"
 
 
 def test_every_method_has_a_digits_preset_that_validates():
