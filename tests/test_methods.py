@@ -14,7 +14,7 @@ from method_contract import check_method_contract
 
 from trainables.config import ConfigError
 from trainables.data import load_dataset
-from trainables.loop import evaluate_untrained, fit
+from trainables.loop import RecordingReporter, evaluate_untrained, fit
 from trainables.methods import METHODS, get_method
 from trainables.metrics import reported_metrics
 from trainables.trial import TrialSpec
@@ -113,3 +113,20 @@ def test_short_digits_run_beats_untrained_encoder(name, digits):
     assert trained["finished"] and trained["epoch"] == spec.train.epochs
     gain = trained["knn_top1"] - untrained["knn_top1"]
     assert gain >= MIN_KNN_GAIN, (name, trained["knn_top1"], untrained["knn_top1"])
+
+
+#: What every report carries beside metrics: the run's bookkeeping.
+BOOKKEEPING = {"world_size", "per_worker_batch", "gathered_negatives", "finished"}
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_a_short_fit_reports_exactly_the_declared_metrics(name, digits):
+    """One list of metrics: what a run reports is what the method declares (``trainables.metrics``), no more, no less."""
+    spec = TrialSpec.from_settings(name, {"epochs": 1, "width": 0.125, "probe_epochs": 2}, preset="digits")
+    declared = reported_metrics(name, spec.method_config)
+    reporter = RecordingReporter()
+    fit(spec, data=digits, reporter=reporter)
+    (last,) = reporter.metrics
+    unreported = set() if spec.train.logreg_probe else {"logreg_top1"}
+    assert set(last) - BOOKKEEPING == set(declared.all) - unreported, name
+    assert all(0.0 <= last[k] <= 1.0 for k in last if k.endswith("_top1")), last

@@ -19,7 +19,6 @@ from spaces import selfcon as selfcon_space
 from trainables import distributed
 from trainables.config import ConfigError
 from trainables.data import load_dataset
-from trainables.loop import evaluate_untrained, fit
 from trainables.losses import supcon_loss
 from trainables.methods import get_method
 from trainables.methods.selfcon import SelfConConfig, selfcon_loss
@@ -346,25 +345,3 @@ def test_space_skips_fixed_settings() -> None:
     trial = optuna.create_study().ask()
     out = selfcon_space.params(trial, {"selfcon_size": "same", "selfcon_arch": "resnet", "alpha": 0.0})
     assert out == {} and {"selfcon_size", "alpha"}.isdisjoint(trial.params)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# End to end
-
-
-#: With the reference's independent MLP heads, 10 SGD epochs on digits collapse every projection onto one point (the
-#: loss sticks at its uniform value, see trainables/nets/exits.py); BatchNorm in the heads trains.
-SHORT_RUN = {"lr": 0.05, "crop_scale_min": 0.5, "head": "mlp_bn", "selfcon_size": "same"}
-
-
-@pytest.mark.slow
-def test_short_digits_run_reports_exits_and_beats_untrained_encoder(digits) -> None:
-    settings = {**TINY, "epochs": 10, **SHORT_RUN}
-    spec = TrialSpec.from_settings("selfcon", settings)
-    untrained = evaluate_untrained(spec, data=digits)
-    trained = fit(spec, data=digits)
-    assert trained["finished"] and trained["epoch"] == 10
-    for key in ("exit_top1", "ensemble_top1", "peak_mem_mb", "epoch_time_s"):
-        assert key in trained, sorted(trained)
-    assert 0.0 <= trained["exit_top1"] <= 1.0 and 0.0 <= trained["ensemble_top1"] <= 1.0
-    assert trained["linear_top1"] > untrained["linear_top1"], (trained, untrained)
