@@ -1,19 +1,22 @@
-"""SelfCon (one view + exit after layer2) vs SupCon (two views) on the same backbone and batch: time and memory.
+"""Every registered method on the same backbone and batch: time and memory of one training step, beside SupCon's.
 
-Each configuration runs the methods' own hooks exactly as ``trainables.loop.fit`` calls them per step
-(``views`` -> ``loss`` -> backward -> SGD step) on random CIFAR-shaped uint8 images, in a fresh subprocess, so that
-its peak memory is its own:
+Each configuration runs the method's own hooks exactly as ``trainables.loop.fit`` calls them per step
+(``setup`` once, then ``views`` -> ``loss`` -> backward -> optimiser step -> ``after_step``) on random CIFAR-shaped
+uint8 images, in a fresh subprocess, so that its peak memory is its own. The configurations are every registered
+method with its defaults (optimiser settings from the method's recipe), plus SelfCon's ``small`` exit beside its
+default ``fc``; ``--configs`` picks some. No Ray: it runs on a GPU machine as is. Memory:
 
 - CPU: peak resident set size (``ru_maxrss``) minus the RSS just before the first step, i.e. what training adds on
   top of the process, model and data (activations, gradients, optimiser state, allocator slack). ``tracemalloc``
   does not see torch's allocations, and the profiler's memory view has no process-wide peak.
 - CUDA: ``torch.cuda.max_memory_allocated`` minus the allocation before the first step.
 
-Configurations run in interleaved rounds (supcon, selfcon_fc, selfcon_small, supcon, ...) and the median step time
-over all rounds is reported, which evens out the load of a shared machine. Epoch time is extrapolated to CIFAR's
-50,000 training images. Prints a markdown table and the ratios to SupCon.
+Configurations run in interleaved rounds (supcon, simclr, ..., supcon, ...) and the median step time over all
+rounds is reported, which evens out the load of a shared machine. Epoch time is extrapolated to CIFAR's 50,000
+training images. Prints a markdown table and the ratios to SupCon.
 
-    .venv/bin/python bench/bench_selfcon.py [--width 0.25] [--batch 128] [--steps 6] [--rounds 2] [--threads 2]
+    .venv/bin/python bench/bench_methods.py [--configs supcon,selfcon,...] [--width 0.25] [--batch 128] [--steps 6]
+        [--rounds 2] [--threads 2]
 """
 
 from __future__ import annotations
@@ -31,16 +34,16 @@ from typing import Any
 
 import torch
 
-from trainables.methods import Batch, get_method
+from trainables.methods import METHODS, Batch, RunShape, get_method
 from trainables.optim import build_optimizer
 from trainables.trial import TrialSpec
 
-#: name -> (method, method settings). SelfCon: the reference README's exit (after layer2) at two sizes.
-CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
-    "supcon": ("supcon", {}),
-    "selfcon_fc": ("selfcon", {"selfcon_pos": [False, True, False], "selfcon_size": "fc"}),
+#: Variants beside each method's defaults: name -> (method, method settings).
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "selfcon_small": ("selfcon", {"selfcon_pos": [False, True, False], "selfcon_size": "small"}),
 }
+CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
+    **{name: (name, {}) for name in sorted(METHODS, key=lambda m: (m != "supcon", m))}, **VARIANTS}
 CIFAR_TRAIN = 50_000
 CIFAR = dict(num_classes=100, channels=3, image_size=32, mean=(0.5071, 0.4867, 0.4408), std=(0.2675, 0.2565, 0.2761))
 
@@ -59,6 +62,7 @@ def run_config(name: str, *, backbone: str, width: float, batch: int, steps: int
     spec = TrialSpec.from_settings(method_name, {"backbone": backbone, "width": width, "batch_size": batch,
                                                  "stem": "cifar", **settings})
     method = get_method(method_name)(spec.method_config, train=spec.train, data=SimpleNamespace(**CIFAR))
+    method.setup(RunShape.of(spec.train, num_samples=CIFAR_TRAIN))
     model = method.build().to(device)
     optimizer = build_optimizer(model, spec.train)
     gen = torch.Generator(device=device).manual_seed(0)
@@ -75,6 +79,7 @@ def run_config(name: str, *, backbone: str, width: float, batch: int, steps: int
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        method.after_step(model, step=i + 1)
 
     sync()
     if cuda:
@@ -95,6 +100,7 @@ def run_config(name: str, *, backbone: str, width: float, batch: int, steps: int
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, from {', '.join(CONFIGS)}")
     p.add_argument("--backbone", default="resnet18")
     p.add_argument("--width", type=float, default=0.25, help="channel multiplier (1.0: the real ResNet-18)")
     p.add_argument("--batch", type=int, default=128, help="images per step (both methods)")
@@ -112,14 +118,18 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(run_config(a.child, **kw)))
         return
 
-    print("command: .venv/bin/python bench/bench_selfcon.py " + shlex.join(argv if argv is not None else sys.argv[1:]))
+    names = [n.strip() for n in a.configs.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(CONFIGS))
+    if unknown or "supcon" not in names:
+        p.error(f"--configs must include supcon and come from {', '.join(CONFIGS)}; got {a.configs!r}")
+    print("command: .venv/bin/python bench/bench_methods.py " + shlex.join(argv if argv is not None else sys.argv[1:]))
     print(f"{a.backbone} x{a.width} (CIFAR stem, 32 px), batch {a.batch}, {a.steps} timed steps x {a.rounds} rounds, "
           f"device {a.device}, {a.threads} thread(s)\n")
     child_args = [f"--backbone={a.backbone}", f"--width={a.width}", f"--batch={a.batch}", f"--steps={a.steps}",
                   f"--warmup={a.warmup}", f"--threads={a.threads}", f"--device={a.device}"]
-    results: dict[str, list[dict[str, Any]]] = {name: [] for name in CONFIGS}
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     for _ in range(a.rounds):
-        for name in CONFIGS:
+        for name in names:
             out = subprocess.run([sys.executable, __file__, *child_args, f"--child={name}"], capture_output=True,
                                  text=True, check=True)
             results[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
