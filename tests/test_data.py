@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trainables.data import DATASETS, DataError, ImageData, check_dataset, load_dataset, readers
+from trainables.data import DATASETS, DataError, ImageData, check_dataset, datasets, load_dataset, readers, stream
 
 RNG = np.random.default_rng(123)
 
@@ -312,7 +312,7 @@ def test_folder_second_load_does_not_decode(tmp_path: Path, cache: Path, monkeyp
     write_tree(tmp_path / "train", {"a": 4, "b": 4}, size=8)
     write_tree(tmp_path / "val", {"a": 1, "b": 1}, size=8)
     first = load_dataset("imagenet", data_dir=tmp_path, size=8, cache_dir=cache)
-    monkeypatch.setattr(readers.FileSource, "_decode", lambda *a: pytest.fail("decoded again"))
+    monkeypatch.setattr(readers.FileSource, "decode", lambda *a: pytest.fail("decoded again"))
     second = load_dataset("imagenet", data_dir=tmp_path, size=8, cache_dir=cache)
     assert np.array_equal(first.train.images, second.train.images)
     assert second.mean == (0.485, 0.456, 0.406)
@@ -397,3 +397,72 @@ def test_download_is_never_attempted_for_other_datasets(tmp_path: Path, cache: P
 
 def test_dataset_names() -> None:
     assert DATASETS == ("digits", "cifar10", "cifar100", "stl10", "tinyimagenet", "imagenet", "imagenet100", "folder")
+
+
+# -- streaming ---------------------------------------------------------------------------------------------------------
+def write_jpeg_tree(root: Path, classes: dict[str, int], *, size: tuple[int, int] = (20, 14)) -> None:
+    """Real JPEG files of varied aspect, as ImageNet's are."""
+    for c, n in classes.items():
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            w, h = size if i % 2 else size[::-1]
+            Image.fromarray(RNG.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / c / f"{i}.jpg", quality=90)
+
+
+def test_streamed_folder_equals_the_cached_one_and_writes_nothing(tmp_path: Path, cache: Path) -> None:
+    write_jpeg_tree(tmp_path / "imgs" / "train", {"a": 7, "b": 6})
+    write_jpeg_tree(tmp_path / "imgs" / "val", {"a": 2, "b": 3})
+    cached = load_dataset("folder", data_dir=tmp_path / "imgs", size=12, cache_dir=cache, loading="cache")
+    streamed = load_dataset("folder", data_dir=tmp_path / "imgs", size=12, cache_dir=tmp_path / "unused",
+                            loading="stream")
+    assert not (tmp_path / "unused").exists()  # stream writes nothing to the node cache
+    for split in ("train", "train_labeled", "val", "test"):
+        a, b = getattr(cached, split), getattr(streamed, split)
+        assert isinstance(b.images, stream.StreamedImages) and b.images.shape == a.images.shape
+        assert np.array_equal(b.images[:], a.images) and np.array_equal(b.labels, a.labels), split
+    rows = np.array([4, 0, 7, 3])  # any order, as the loop's shuffled batches ask
+    assert np.array_equal(streamed.train.images[rows], cached.train.images[rows])
+    assert np.array_equal(streamed.train.images[5], cached.train.images[5])
+    assert np.allclose(streamed.mean, cached.mean) and np.allclose(streamed.std, cached.std)  # all < STATS_SAMPLE
+
+
+def test_streamed_images_hold_no_pixels_and_pickle(tmp_path: Path) -> None:
+    import pickle as pkl
+
+    write_jpeg_tree(tmp_path / "train", {"a": 3, "b": 3})
+    data = load_dataset("folder", data_dir=tmp_path, size=8, loading="stream")
+    images = data.train.images
+    assert not any(isinstance(v, np.ndarray) and v.size >= images.shape[0] * 3 * 8 * 8
+                   for v in vars(images).values())  # memory independent of the dataset's size
+    copy = pkl.loads(pkl.dumps(images))
+    assert np.array_equal(copy[:], images[:])
+
+
+def test_auto_loading_streams_only_large_file_trees(monkeypatch: pytest.MonkeyPatch) -> None:
+    plan = readers.Plan(None, [], lambda: None, num_files=1_281_167)  # ImageNet-1k's training images
+    assert datasets.resolve_loading(plan, 224, "auto") == "stream"
+    assert datasets.resolve_loading(plan, 32, "auto") == "cache"  # 3.9 GB decoded
+    assert datasets.resolve_loading(readers.Plan(None, [], lambda: None), 224, "auto") == "cache"  # arrays
+    assert datasets.resolve_loading(plan, 224, "cache") == "cache"
+    with pytest.raises(DataError, match="`data_loading` must be one of auto, cache, stream"):
+        datasets.resolve_loading(plan, 224, "lazy")
+
+
+def test_a_streamed_dataset_trains_and_resumes_exactly(tmp_path: Path) -> None:
+    import torch
+
+    from trainables.loop import RecordingReporter, fit
+    from trainables.trial import TrialSpec
+
+    write_jpeg_tree(tmp_path / "train", {"a": 20, "b": 20})
+    settings = {"dataset": "folder", "data_dir": str(tmp_path), "image_size": 8, "data_loading": "stream",
+                "width": 0.125, "batch_size": 8, "epochs": 2, "probe_epochs": 2, "knn_k": 5, "deterministic": True,
+                "num_threads": 1}
+    spec = TrialSpec.from_settings("simclr", settings)
+    straight, first, second = RecordingReporter(), RecordingReporter(), RecordingReporter()
+    fit(spec, reporter=straight)
+    fit(spec, reporter=first, stop_after_epoch=1)
+    fit(spec, reporter=second, resume_state=first.state)
+    assert [m["train_loss"] for m in first.metrics + second.metrics] == [m["train_loss"] for m in straight.metrics]
+    for name, tensor in straight.state["model"].items():
+        assert torch.equal(tensor, second.state["model"][name]), name

@@ -94,6 +94,7 @@ class TrainConfig:
     image_size: int | None = None  # resize/crop size for folder datasets; None = the dataset's native size
     mean: tuple[float, ...] | None = None  # per-channel mean for folder datasets; None = dataset default
     std: tuple[float, ...] | None = None  # per-channel std for folder datasets; None = dataset default
+    data_loading: Literal["auto", "cache", "stream"] = "auto"  # node cache, decode per batch, or by size (>16 GiB)
     # model
     backbone: str = "resnet18"  # resnet18/34/50/101, vgg13(_bn), vgg16(_bn), wrn16_8, effnet_small
     width: float = 1.0  # channel-width multiplier of the backbone (tiny nets for tests: 0.125)

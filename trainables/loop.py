@@ -61,7 +61,7 @@ class _Progress:
 def load_data(train: TrainConfig, *, download: bool = False) -> ImageData:
     """Load (or open from the node cache) the dataset a TrainConfig names."""
     return load_dataset(train.dataset, data_dir=train.data_dir, size=train.image_size, mean=train.mean,
-                        std=train.std, download=download)
+                        std=train.std, download=download, loading=train.data_loading)
 
 
 def check_data(spec: TrialSpec, data: ImageData) -> None:

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 
 from trainables.data.checks import CHANNELS, SPECS, DataError, Split, one_line
-from trainables.data.readers import ArraySource, FileSource, Plan
+from trainables.data.readers import ArraySource, FileSource, Plan, RawData
 
-__all__ = ["CACHE_VERSION", "cache_entry", "open_split"]
+__all__ = ["CACHE_VERSION", "Parts", "cache_entry", "channel_stats", "open_split", "split_layout"]
 
 CACHE_VERSION = 1  # bump when decoding or splitting changes, so stale cache entries are never reused
 _SPLIT_SEED = 0
@@ -93,7 +93,7 @@ def _split_indices(n: int, n_test: int, n_val: int) -> tuple[np.ndarray, np.ndar
     return np.sort(train), np.sort(val), np.sort(test)
 
 
-def _channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
+def channel_stats(images: Any) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of uint8 ``images`` scaled to [0, 1], accumulated in float64 chunk by chunk."""
     total = np.zeros(images.shape[1])
     total_sq = np.zeros(images.shape[1])
@@ -116,25 +116,39 @@ def _build_entry(entry: Path, plan: Plan, name: str, size: int) -> None:
         raise
 
 
-def _write_entry(entry: Path, plan: Plan, name: str, size: int) -> None:
-    raw = plan.build()
+#: Where a split's images come from: (source, indices into it) parts, concatenated in order.
+Parts = list[tuple[ArraySource | FileSource, np.ndarray]]
+
+
+def split_layout(raw: RawData) -> tuple[dict[str, Parts], str]:
+    """The fixed-seed splits of a dataset's sources (``train_labeled``, ``val``, ``test`` and, with unlabeled
+    images, ``train``) and the name of the split pretraining iterates over. The cache and the streaming path both
+    use it, so a streamed dataset has exactly the cached one's splits."""
     n = len(raw.pool)
     n_test = 0 if raw.test is not None else (raw.n_test if raw.n_test is not None else _holdout(n))
     n_val = raw.n_val if raw.n_val is not None else _holdout(n - n_test)
     train_idx, val_idx, test_idx = _split_indices(n, n_test, n_val)
-    _write_split(entry, "train_labeled", [(raw.pool, train_idx)], size)
-    _write_split(entry, "val", [(raw.pool, val_idx)], size)
-    _write_split(entry, "test", [(raw.test, np.arange(len(raw.test)))] if raw.test is not None
-                 else [(raw.pool, test_idx)], size)
-    train_file = "train_labeled"
-    if raw.unlabeled is not None:
-        _write_split(entry, "train", [(raw.pool, train_idx), (raw.unlabeled, np.arange(len(raw.unlabeled)))], size)
-        train_file = "train"
+    layout: dict[str, Parts] = {
+        "train_labeled": [(raw.pool, train_idx)],
+        "val": [(raw.pool, val_idx)],
+        "test": [(raw.test, np.arange(len(raw.test)))] if raw.test is not None else [(raw.pool, test_idx)],
+    }
+    if raw.unlabeled is None:
+        return layout, "train_labeled"
+    layout["train"] = [(raw.pool, train_idx), (raw.unlabeled, np.arange(len(raw.unlabeled)))]
+    return layout, "train"
+
+
+def _write_entry(entry: Path, plan: Plan, name: str, size: int) -> None:
+    raw = plan.build()
+    layout, train_file = split_layout(raw)
+    for split, parts in layout.items():
+        _write_split(entry, split, parts, size)
     meta: dict[str, Any] = {"version": CACHE_VERSION, "name": name, "num_classes": raw.num_classes,
                             "channels": CHANNELS, "image_size": size, "train_file": train_file,
                             "mean": None, "std": None}
     if SPECS[name].mean is None:  # digits, folder: statistics of the training images
-        meta["mean"], meta["std"] = _channel_stats(np.load(entry / "train_labeled_images.npy", mmap_mode="r"))
+        meta["mean"], meta["std"] = channel_stats(np.load(entry / "train_labeled_images.npy", mmap_mode="r"))
     with _atomic(entry / "meta.json") as tmp:  # written last: its presence marks a complete entry
         tmp.write_text(json.dumps(meta, indent=1))
 
@@ -147,8 +161,6 @@ def open_split(entry: Path, stem: str) -> Split:
     labels = np.load(entry / f"{stem}_labels.npy")
     labels.setflags(write=False)
     return Split(images, labels)
-
-
 
 
 def cache_entry(plan: Plan, name: str, size: int, cache_dir: Any) -> Path:

@@ -54,9 +54,10 @@ class FileSource:
     def read(self, index: np.ndarray) -> np.ndarray:
         workers = min(8, os.cpu_count() or 1)  # PIL releases the GIL while decoding and resizing
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            return np.stack(list(pool.map(self._decode, (self.paths[i] for i in index))))
+            return np.stack(list(pool.map(self.decode, (self.paths[i] for i in index))))
 
-    def _decode(self, path: str) -> np.ndarray:
+    def decode(self, path: str) -> np.ndarray:
+        """One image file as uint8 ``[3, size, size]`` (the node cache and the streaming path share it)."""
         from PIL import Image
 
         try:
@@ -108,6 +109,7 @@ class Plan:
     fingerprint: list[Any]
     build: Callable[[], RawData]
     warnings: tuple[str, ...] = ()
+    num_files: int | None = None  # encoded image files (trees of files only): sizes the decoded cache before decoding
 
 
 # -- file helpers ------------------------------------------------------------------------------------------------------
@@ -319,7 +321,7 @@ def _plan_tinyimagenet(data_dir: Path, size: int) -> Plan:
         return RawData(len(wnids), FileSource(train_paths, np.asarray(train_labels), size=size),
                     FileSource(test_paths, np.asarray(test_labels), size=size))
 
-    return Plan(root, fingerprint, build)
+    return Plan(root, fingerprint, build, num_files=len(train_paths) + len(test_paths))
 
 
 # -- ImageFolder trees (imagenet, imagenet100, folder) -----------------------------------------------------------------
@@ -367,7 +369,7 @@ def _plan_folder(name: str, data_dir: Path, size: int) -> Plan:
         test = FileSource(test_paths, np.asarray(test_labels), size=size) if test_paths else None
         return RawData(len(classes), FileSource(paths, np.asarray(labels), size=size), test)
 
-    return Plan(data_dir, fingerprint, build)
+    return Plan(data_dir, fingerprint, build, num_files=len(paths) + len(test_paths))
 
 
 def _download(name: str, data_dir: Path) -> None:
