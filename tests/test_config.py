@@ -50,7 +50,7 @@ def test_flat_roundtrip():
         ({"temperature": -1.0}, "temperature"),
         ({"batch_size": 0}, "batch_size"),
         ({"optimizer": "rmsprop"}, "sgd, lars, adam"),
-        ({"amp": "fp8"}, "off, bf16, fp16"),
+        ({"amp": "fp8"}, "auto, off, bf16, fp16"),
         ({"no_such_field": 1}, "unknown setting `no_such_field`"),
         ({"epochs": 2.5}, "`epochs` must be an integer"),
         ({"sync_bn": "yes"}, "`sync_bn` must be true or false"),
@@ -83,7 +83,7 @@ def test_coerce_converts_lists_to_tuples_and_ints_to_floats():
 
 @pytest.mark.parametrize(("field", "allowed"), [("stem", "auto, cifar, imagenet"), ("optimizer", "sgd, lars, adam"),
                                                 ("lr_scaling", "none, linear"), ("schedule", "cosine, step, constant"),
-                                                ("amp", "off, bf16, fp16")])
+                                                ("amp", "auto, off, bf16, fp16")])
 def test_literal_fields_are_checked_against_their_annotation(field: str, allowed: str) -> None:
     """Built directly (not through coerce_dataclass), every Literal field is still checked, from its annotation."""
     with pytest.raises(ConfigError, match=rf"^`{field}` must be one of {allowed}; got {field}='bad'$"):

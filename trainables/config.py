@@ -113,7 +113,9 @@ class TrainConfig:
     lr_decay_rate: float = 0.1
     warmup_epochs: float = 0.0  # linear warm-up from warmup_from to the scheduled lr
     warmup_from: float = 0.01
-    amp: Literal["off", "bf16", "fp16"] = "off"  # autocast dtype; fp16 needs a GPU (uses a GradScaler)
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # autocast dtype; auto: bf16 on CUDA, off on CPU; fp16: GPU
+    memory_format: Literal["auto", "channels_last", "contiguous"] = "auto"  # auto: channels_last on CUDA
+    compile: bool = False  # torch.compile the model (its warm-up steps are left out of epoch_time_s / images_per_s)
     grad_clip: float = 0.0  # max global gradient norm; 0 = off
     # reproducibility
     seed: int = 0

@@ -127,6 +127,22 @@ def _epoch_order(n: int, seed: int, epoch: int, per_worker: int) -> np.ndarray:
     return perm[:, rank, :].reshape(-1)
 
 
+def precision(train: TrainConfig, device: torch.device) -> str:
+    """The autocast precision ``amp`` resolves to on ``device``: ``auto`` is bf16 on CUDA and off on CPU (CPU bf16
+    autocast is slower than fp32 for convolutions on most CPUs)."""
+    if train.amp != "auto":
+        return train.amp
+    return "bf16" if device.type == "cuda" else "off"
+
+
+def memory_format(train: TrainConfig, device: torch.device) -> str:
+    """The memory format ``memory_format`` resolves to: ``auto`` is channels_last on CUDA (tensor cores want NHWC),
+    contiguous on CPU."""
+    if train.memory_format != "auto":
+        return train.memory_format
+    return "channels_last" if device.type == "cuda" else "contiguous"
+
+
 def _peak_mem_mb(device: torch.device) -> float:
     """Peak memory of this worker: CUDA allocator peak on GPU, process peak RSS on CPU."""
     if device.type == "cuda":
@@ -201,6 +217,8 @@ def fit(
         torch.set_num_threads(train.num_threads)
     if train.amp == "fp16" and device.type != "cuda":
         raise ConfigError("`amp=fp16` needs a GPU; on CPU use amp=bf16 or amp=off")
+    amp = precision(train, device)
+    channels_last = memory_format(train, device) == "channels_last"
     if train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
@@ -219,21 +237,24 @@ def fit(
     model = method.build()
     if train.sync_bn and world > 1:
         model = convert_sync_batchnorm(model, device)
-    model.to(device)
+    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     ddp_model: nn.Module = model
     if world > 1:
         ddp_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
+    if train.compile:
+        ddp_model = torch.compile(ddp_model)
     optimizer = build_optimizer(model, train)
-    scaler = torch.amp.GradScaler("cuda", enabled=train.amp == "fp16")
-    autocast = (torch.autocast(device.type, dtype=torch.float16 if train.amp == "fp16" else torch.bfloat16)
-                if train.amp != "off" else nullcontext())
+    scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
+    autocast = (torch.autocast(device.type, dtype=torch.float16 if amp == "fp16" else torch.bfloat16)
+                if amp != "off" else nullcontext())
     progress = _Progress()
     if resume_state is not None:
         _restore(resume_state, spec, model, optimizer, scaler, method, progress)
     generator = torch.Generator(device=device)
     peak_lr = train.scaled_lr()
     last: dict[str, Any] = {}
+    warmup_steps = 1 if train.compile else 0  # compiling happens in the first steps: keep it out of the timings
 
     for epoch in range(progress.epoch + 1, train.epochs + 1):
         if device.type == "cuda":
@@ -243,12 +264,15 @@ def fit(
         loss_sum = torch.zeros((), device=device)
         log_sums: dict[str, torch.Tensor] = {}
         t0 = time.perf_counter()
+        timed_steps = 0
         for batch in _batches(data.train.images, data.train.labels, order, per_worker, device):
             lr = lr_at(progress.step, train, steps_per_epoch=steps_per_epoch, total_steps=total_steps, peak=peak_lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
             with torch.no_grad():
                 views = method.views(batch.images, generator)
+                if channels_last:
+                    views = [v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v for v in views]
             with autocast:
                 loss, logs = method.loss(ddp_model, views, batch, step=progress.step)
             if not torch.isfinite(loss):
@@ -266,6 +290,13 @@ def fit(
             loss_sum += loss.detach().float()
             for k, v in logs.items():
                 log_sums[k] = log_sums.get(k, 0.0) + torch.as_tensor(v, dtype=torch.float32, device=device)
+            if warmup_steps:  # restart the clock after the compile warm-up
+                warmup_steps -= 1
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                t0 = time.perf_counter()
+            else:
+                timed_steps += 1
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         train_time = time.perf_counter() - t0
@@ -281,7 +312,7 @@ def fit(
             "current_lr": lr_at(progress.step - 1, train, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
                         peak=peak_lr),
             "epoch_time_s": train_time,
-            "images_per_s": steps_per_epoch * train.batch_size / train_time,
+            "images_per_s": timed_steps * train.batch_size / train_time if timed_steps else float("nan"),
             "peak_mem_mb": distributed.all_reduce_max(torch.tensor(_peak_mem_mb(device), device=device)).item(),
             "world_size": world,
             "per_worker_batch": per_worker,

@@ -79,7 +79,8 @@ class DataInfo(Protocol):
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside a DistributedDataParallel wrapper (or the module itself)."""
+    """The module inside ``torch.compile`` and DistributedDataParallel wrappers (or the module itself)."""
+    model = getattr(model, "_orig_mod", model)  # torch.compile's OptimizedModule
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
