@@ -10,6 +10,7 @@ the offline check of a cluster launcher config (``cluster.yaml``) against Ray's 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -49,6 +50,16 @@ class TrialResources:
         check_range("workers", self.workers, low=1)
         check_range("cpus_per_worker", self.cpus_per_worker, low=0.0, low_inclusive=False)
         check_range("gpus_per_worker", self.gpus_per_worker, low=0.0)
+        g = self.gpus_per_worker
+        if g > 1 and g != int(g) or 0 < g < 1e-4:  # Ray shares a GPU by fractions below 1, at 1e-4 resolution
+            raise ConfigError("`gpus_per_worker` must be a whole number of GPUs or a fraction of one GPU "
+                              f"(e.g. 0.25: four trials share a GPU), at least 0.0001, but got gpus_per_worker={g:g}")
+
+    def workers_per_node(self, node: dict[str, float]) -> int:
+        """How many of this trial's workers fit on a node with resources ``node`` (fractions of a GPU included:
+        ``gpus_per_worker=0.25`` puts four on one GPU; 1.0 // 0.1 is 9 in floating point, so round first)."""
+        counts = [int(math.floor(round(node.get(k, 0.0) / v, 6))) for k, v in self.worker_bundle.items() if v]
+        return min(counts) if counts else 0
 
     @property
     def worker_bundle(self) -> dict[str, float]:
@@ -130,7 +141,7 @@ def check_feasible(need: TrialResources, cluster: ClusterResources, *, autoscali
             f"`resources` cannot be met: one trial asks for {asked}, but no node has that much; "
             f"the cluster has {cluster.describe()}"
         )
-    capacity = sum(min(int(n.get(k, 0.0) // v) for k, v in bundle.items() if v) for n in fits)
+    capacity = sum(need.workers_per_node(n) for n in fits)
     if capacity < need.workers:
         raise ConfigError(
             f"`workers` cannot be met: one trial asks for {asked}, but the cluster holds only "

@@ -121,11 +121,7 @@ def capacity(cfg: SweepConfig, cluster: ClusterResources) -> int:
     per_trial = cfg.resources
     if cluster.autoscaling and cluster.addable is None:
         return max(1, int(cluster.total(DRIVER_RESOURCE)))
-    slots = []
-    for node in cluster.at_peak().nodes:
-        fits = [int(node.get(k, 0.0) // v) for k, v in per_trial.worker_bundle.items() if v]
-        slots.append(min(fits) if fits else 0)
-    workers = sum(slots)
+    workers = sum(per_trial.workers_per_node(node) for node in cluster.at_peak().nodes)
     n = workers // per_trial.workers
     if cfg.resolved_executor == "train":
         n = min(n, int(cluster.total(DRIVER_RESOURCE)))

@@ -139,6 +139,28 @@ def test_autoscaling_cluster_counts_the_nodes_it_may_add():
         check_feasible(TrialResources(8, 8, 1), static)
 
 
+@pytest.mark.parametrize(("gpus", "trials"), [(1.0, 1), (0.5, 2), (0.25, 4), (0.125, 8), (0.1, 10), (1 / 3, 3)])
+def test_fractional_gpus_pack_trials_onto_one_gpu(gpus, trials):
+    from search.cluster import ClusterResources, TrialResources, check_feasible
+    from search.sweep import capacity
+
+    node = ClusterResources(({"CPU": 16.0, "GPU": 1.0, DRIVER_RESOURCE: 16.0},))
+    check_feasible(TrialResources(1, 1, gpus), node)
+    assert capacity(_sweep(gpus_per_worker=gpus, cpus_per_worker=1), node) == trials  # 1.0 // 0.1 is 9.0 in floats
+    assert capacity(_sweep(gpus_per_worker=gpus, cpus_per_worker=4), node) == min(trials, 4)  # CPUs bind first
+    two_gpus = ClusterResources(({"CPU": 64.0, "GPU": 2.0, DRIVER_RESOURCE: 64.0},))
+    assert capacity(_sweep(workers=2, gpus_per_worker=gpus, cpus_per_worker=1), two_gpus) == trials  # DDP trials
+
+
+@pytest.mark.parametrize("gpus", [1.5, 2.25, 0.00001])
+def test_gpus_per_worker_is_whole_or_a_fraction_of_one(gpus):
+    from search.cluster import TrialResources
+
+    with pytest.raises(ConfigError, match="`gpus_per_worker` must be a whole number of GPUs or a fraction"):
+        TrialResources(1, 1, gpus)
+    TrialResources(1, 1, 2.0)
+
+
 @pytest.mark.parametrize(
     ("value", "expected"),
     [("10.0.0.5:6379", "10.0.0.5:6379"), ("http://127.0.0.1:8265", None), ("", None), (None, None)],
