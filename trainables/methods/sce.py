@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from trainables import distributed
 from trainables.config import ConfigError, TrainConfig, check_range
-from trainables.data.augment import AugmentConfig, local_view_size, multicrop
+from trainables.data.augment import AugmentConfig, local_view_size, multicrop, supcon_augment
 from trainables.losses import sce_loss
 from trainables.methods import register_method
 from trainables.methods.base import Batch, Method, RunShape, unwrap
@@ -210,8 +210,11 @@ class SCE(Method):
 
     def augmentations(self) -> list[AugmentConfig]:
         c = self.config
-        return multicrop(self.data.image_size, NUM_GLOBAL_VIEWS, c.num_local_views, local_ratio=c.local_size_ratio,
-                         global_scale=(c.crop_scale_min, 1.0), local_scale=(c.local_crop_scale_min, 1.0))
+        size = self.data.image_size
+        global_view = supcon_augment(size).replace(scale=(c.crop_scale_min, 1.0))
+        local_views = multicrop(size, 0, c.num_local_views, local_ratio=c.local_size_ratio,
+                                local_scale=(c.local_crop_scale_min, 1.0))
+        return [global_view] * NUM_GLOBAL_VIEWS + local_views
 
     def loss(self, model: nn.Module, views: list[Tensor], batch: Batch, *, step: int) -> tuple[Tensor, dict]:
         c = self.config
