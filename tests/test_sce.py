@@ -279,7 +279,7 @@ def test_eval_features_are_the_online_backbone(digits):
         assert torch.equal(method.eval_features(model, x)["backbone"], model.backbone(x))
 
 
-@pytest.mark.parametrize("settings", [{"symmetric": False, "queue_size": 256},
+@pytest.mark.parametrize("settings", [{"symmetric": False, "queue_size": 256}, {"predictor": False},
                                       {"num_local_views": 2, "coeff": 1.0},
                                       {"queue_size": 256, "batch_size": 128}])
 def test_variants_pass_the_method_contract(digits, settings):

@@ -66,6 +66,7 @@ class SCEConfig:
     queue_size: int = 1024  # keys kept; a multiple of batch_size below the training set size (seed CIFAR: 4096)
     feat_dim: int = 256  # projector (and predictor) output dimension
     proj_hidden_dim: int = 512  # hidden width of the projector MLP
+    predictor: bool = True  # online predictor MLP after the projector (the seed's); false: q = projector output
     pred_hidden_dim: int = 1024  # hidden width of the predictor MLP
     symmetric: bool = True  # both global views give keys and queries; the loss averages the pairs
     num_local_views: int = 0  # extra small views (queries only) for multi-crop
@@ -205,7 +206,8 @@ class SCE(Method):
         c = self.config
         backbone = self.build_backbone()
         projector = projection_head(backbone.feature_dim, c.feat_dim, kind="mlp_bn", hidden_dim=c.proj_hidden_dim)
-        predictor = projection_head(c.feat_dim, c.feat_dim, kind="mlp_bn", hidden_dim=c.pred_hidden_dim, bias=False)
+        predictor = (projection_head(c.feat_dim, c.feat_dim, kind="mlp_bn", hidden_dim=c.pred_hidden_dim, bias=False)
+                     if c.predictor else nn.Identity())
         return SCEModel(backbone, projector, predictor, queue_size=c.queue_size, feat_dim=c.feat_dim)
 
     def augmentations(self) -> list[AugmentConfig]:
