@@ -8,8 +8,8 @@ model's ``state_dict`` checkpoints the queue with the encoders). Projector and p
 Linear`` MLPs (``512 -> feat_dim`` and ``1024 -> feat_dim``, eztorch's ResNet-18 heads); ``predictor=false`` drops the
 predictor (``q`` = projector output; eztorch's predictor is optional too).
 
-Views: two global views (:func:`trainables.data.augment.multicrop`, crop scale ``crop_scale_min``-1) and
-``num_local_views`` local views (side ``int(size * local_size_ratio)``). With ``symmetric`` (the default, eztorch's
+Views: two global SupContrast views (:func:`trainables.data.augment.supcon_augment`, crop scale ``crop_scale_min``-1)
+and ``num_local_views`` local views (:func:`trainables.data.augment.multicrop`, side ``int(size * local_size_ratio)``). With ``symmetric`` (the default, eztorch's
 ``sym``) both global views give keys and every view ``v != g`` is a query against the keys of global view ``g``: the
 loss is the mean of the ``2 * (V - 1)`` pair losses (``V = 2 + num_local_views``); without it only view 0 gives keys
 and the other views are queries. Local views are queries only, never keys.
@@ -31,7 +31,7 @@ Evaluation uses the online backbone (the seed's online evaluator reads the onlin
 Deliberate differences from eztorch: the relational target always masks the positive out (the paper's form; eztorch's
 default ``use_keys: false`` path instead gives the positive slot a similarity of 0 in the relational softmax); no
 warm-up or schedule of ``coeff`` / ``temperature_m`` (eztorch's defaults leave them constant); multi-crop local views
-use this project's ReLIC-style multi-crop pipelines, not eztorch's MoCo v3 asymmetric blur/solarize pair.
+use this project's SupContrast (global) and ReLIC multi-crop (local) pipelines, not eztorch's own transforms.
 """
 
 from __future__ import annotations
