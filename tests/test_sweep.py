@@ -51,7 +51,7 @@ def test_compare_space_samples_conditional_parameters_only_for_their_method():
         space.space(trial, {})
         method = trial.params["method"]
         seen.add(method)
-        assert ("temperature" in trial.params) == (method in ("supcon", "simclr", "selfcon")), trial.params
+        assert ("temperature" in trial.params) == (method in ("supcon", "simclr", "selfcon", "sce")), trial.params
         assert ("label_smoothing" in trial.params) == (method == "ce"), trial.params
         study.tell(trial, 0.0)
     assert {"supcon", "simclr", "ce"} <= seen

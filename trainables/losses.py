@@ -14,7 +14,8 @@ Under DDP each rank gathers the global batch with :func:`trainables.distributed.
 samples as ``anchor_index`` (:func:`trainables.distributed.local_rows`): every rank contrasts its anchors against
 the whole global batch, and the mean of the per-rank losses is the global loss.
 
-The sigmoid-contrastive method (ReLIC with SigLIP's pairwise loss) uses :func:`sigmoid_pairwise_loss`.
+The sigmoid-contrastive method (ReLIC with SigLIP's pairwise loss) uses :func:`sigmoid_pairwise_loss`; SCE
+(Similarity Contrastive Estimation) uses :func:`sce_loss`, a soft InfoNCE against a momentum encoder's keys and a queue.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-__all__ = ["sigmoid_pairwise_loss", "supcon_loss"]
+__all__ = ["sce_loss", "sigmoid_pairwise_loss", "supcon_loss"]
 
 ContrastMode = Literal["all", "one"]
 
@@ -227,3 +228,66 @@ def sigmoid_pairwise_loss(
         kl = torch.nn.functional.kl_div(logits.log_softmax(dim=1), logits.softmax(dim=0).T, reduction="batchmean")
         loss = loss + alpha * kl
     return loss
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# SCE: Similarity Contrastive Estimation (Denize et al., WACV 2023; after juliendenize/eztorch)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def sce_loss(q: Tensor, k: Tensor, queue: Tensor, *, temperature: float, temperature_m: float,
+             coeff: float) -> Tensor:
+    """Similarity Contrastive Estimation: cross-entropy between a soft target built from the keys and the queries'
+    softmax over the candidates (Denize et al. 2023, Sec. 3.2).
+
+    ``q``, ``k`` and the queue rows are L2-normalised here. The candidates of anchor ``i`` are its own key ``k_i``
+    (index 0) followed by the ``Q`` queue rows ``u_1..u_Q``; with ``c_i = [k_i, u_1, ..., u_Q]``::
+
+        p_i   = softmax(q_i . c_i / temperature)                                   online distribution     [1 + Q]
+        s_ij  = 1[j != 0] exp(k_i . c_ij / temperature_m) / sum_{l != 0} exp(k_i . c_il / temperature_m)
+                                                                                   relational target
+        w_i   = coeff * onehot_0 + (1 - coeff) * s_i                               target (no gradient)
+        L     = -(1/B) sum_i sum_j w_ij log p_ij
+
+    The positive is masked out of the relational part, as in the paper: ``s_i`` is the softmax of ``k_i`` against the
+    queue only. ``coeff = 1`` is MoCo's InfoNCE ``cross_entropy([q_i.k_i, q_i.u] / temperature, 0)``; ``coeff = 0``
+    is pure relational distillation (ReSSL-like). The target carries no gradient (computed from ``k`` detached): only
+    ``q`` is trained. Computed in at least float32.
+
+    Under DDP each worker passes its own ``q`` and ``k`` and the (identical) queue: the candidates are per-anchor
+    (own key + queue), so, as in MoCo, no gather with gradient is needed; the mean over workers of the per-worker
+    losses is the global batch's loss. The keys are gathered without gradient only to enqueue them.
+
+    Args:
+        q: ``[B, D]`` queries (online encoder + predictor).
+        k: ``[B, D]`` keys (momentum encoder); row ``i`` is the positive of ``q[i]``.
+        queue: ``[Q, D]``, ``Q >= 1``, past keys (negatives and relational anchors).
+        temperature: ``tau > 0`` of the online logits.
+        temperature_m: ``tau_m > 0`` of the relational (target) logits; sharper than ``tau`` in the paper.
+        coeff: ``lambda`` in ``[0, 1]``, the weight of the one-hot (contrastive) part of the target.
+
+    Returns:
+        Scalar loss: the mean over the ``B`` anchors.
+    """
+    if q.ndim != 2 or k.shape != q.shape:
+        raise ValueError(f"`q` and `k` must both have shape [B, D], but got shapes {tuple(q.shape)} and "
+                         f"{tuple(k.shape)}")
+    if q.shape[0] == 0:
+        raise ValueError(f"`q` must hold at least one row, but got shape {tuple(q.shape)}")
+    if queue.ndim != 2 or queue.shape[0] == 0 or queue.shape[1] != q.shape[1]:
+        raise ValueError(f"`queue` must have shape [Q >= 1, D={q.shape[1]}], but got shape {tuple(queue.shape)}")
+    if not temperature > 0:
+        raise ValueError(f"`temperature > 0` must hold, but got temperature={temperature!r}")
+    if not temperature_m > 0:
+        raise ValueError(f"`temperature_m > 0` must hold, but got temperature_m={temperature_m!r}")
+    if not 0 <= coeff <= 1:
+        raise ValueError(f"`0 <= coeff <= 1` must hold, but got coeff={coeff!r}")
+    dtype = torch.promote_types(q.dtype, torch.float32)
+    q = torch.nn.functional.normalize(q.to(dtype), dim=1)
+    queue = torch.nn.functional.normalize(queue.detach().to(dtype), dim=1)
+    with torch.no_grad():
+        k = torch.nn.functional.normalize(k.detach().to(dtype), dim=1)
+        relational = torch.softmax(k @ queue.T / temperature_m, dim=1)  # s_i over the queue, [B, Q]
+        target = torch.cat([torch.full_like(relational[:, :1], coeff), (1 - coeff) * relational], dim=1)
+    logits = torch.cat([(q * k).sum(1, keepdim=True), q @ queue.T], dim=1) / temperature  # [B, 1 + Q]
+    return -(target * torch.log_softmax(logits, dim=1)).sum(1).mean()
