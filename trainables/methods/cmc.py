@@ -1,9 +1,10 @@
 """CMC: Contrastive Multiview Coding (Tian, Krishnan, Isola 2019; HobbitLong/CMC), two colour views with a memory bank.
 
-Views: one random resized crop + flip of each image (the reference's only augmentation) in [0, 1] RGB, converted on
-the device to a colour space (:func:`trainables.data.augment.to_lab` / ``to_ycbcr``, batched), normalised with the
-reference's per-channel mean/std of that space, and split into two channel groups: Lab -> L (1 channel) and ab (2),
-YCbCr -> Y and CbCr. A 1-channel dataset is treated as gray RGB.
+Views: one random resized crop + flip of each image (the reference's default augmentation; ``color_jitter`` adds its
+``--aug CJ`` jitter and grayscale) in [0, 1] RGB, converted on the device to a colour space
+(:func:`trainables.data.augment.to_lab` / ``to_ycbcr``, batched), normalised with the reference's per-channel mean/std
+of that space, and split into two channel groups: Lab -> L (1 channel) and ab (2), YCbCr -> Y and CbCr (``rgb``: R and
+GB, normalised with the dataset's mean/std). A 1-channel dataset is treated as gray RGB.
 
 Model (:class:`CMCModel`): one encoder per view, each a project backbone (``build_backbone(..., in_channels=1 or 2)``,
 width ``TrainConfig.width * encoder_width``; the reference's ResNets are width 0.5 / 1 / 2 of a ResNet-50) followed
