@@ -9,6 +9,7 @@ import pytest
 from conftest import TINY, run_cli, set_args
 
 from search.cli import main
+from trainables.methods import METHODS
 
 
 def test_help_lists_methods_datasets_and_fields(capsys):
@@ -33,7 +34,7 @@ def _bad_cifar(tmp_path):
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
-        (["byol"], "`method` must be one of ce, selfcon, sigmoid, simclr, supcon"),
+        (["byol"], f"`method` must be one of {', '.join(sorted(METHODS))}; got method='byol'"),
         (["supcon", "--dataset", "mnist"], "`dataset` must be one of"),
         (["supcon", "--set", "tau=0.1"], "unknown setting `tau`"),
         (["supcon", "--set", "temperature=0"], "temperature"),
