@@ -34,7 +34,7 @@ def _bad_cifar(tmp_path):
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
-        (["byol"], f"`method` must be one of {', '.join(sorted(METHODS))}"),
+        (["byol"], f"`method` must be one of {', '.join(sorted(METHODS))}; got method='byol'"),
         (["supcon", "--dataset", "mnist"], "`dataset` must be one of"),
         (["supcon", "--set", "tau=0.1"], "unknown setting `tau`"),
         (["supcon", "--set", "temperature=0"], "temperature"),

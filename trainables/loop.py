@@ -65,10 +65,12 @@ def load_data(train: TrainConfig, *, download: bool = False) -> ImageData:
 
 
 def check_data(spec: TrialSpec, data: ImageData) -> None:
-    """Validate what depends on the dataset: at least one full batch per epoch, and labels for label-using methods."""
+    """Validate what depends on the dataset: at least one full batch per epoch, labels for label-using methods, and
+    the method's own checks of the training set's size (``Method.check_data``)."""
     if spec.train.batch_size > len(data.train):
         raise ConfigError(f"`batch_size` must be at most the {len(data.train)} training images of "
                           f"{data.name}, but got batch_size={spec.train.batch_size}")
+    get_method(spec.method).check_data(spec.method_config, spec.train, len(data.train))
     if get_method(spec.method).needs_labels(spec.method_config) and (np.asarray(data.train.labels) < 0).any():
         raise ConfigError(f"`method={spec.method}` needs labels, but {data.name}'s training split has unlabeled "
                           "images; use a self-supervised method or a labelled dataset")

@@ -291,3 +291,49 @@ def sce_loss(q: Tensor, k: Tensor, queue: Tensor, *, temperature: float, tempera
         target = torch.cat([torch.full_like(relational[:, :1], coeff), (1 - coeff) * relational], dim=1)
     logits = torch.cat([(q * k).sum(1, keepdim=True), q @ queue.T], dim=1) / temperature  # [B, 1 + Q]
     return -(target * torch.log_softmax(logits, dim=1)).sum(1).mean()
+# CMC: noise-contrastive estimation against a memory bank (Tian et al. 2019, eq. 12) and its softmax variant
+# --------------------------------------------------------------------------------------------------------------------
+__all__ += ["nce_loss", "nce_softmax_loss"]
+
+NCE_EPS = 1e-7  # the reference's eps in the NCE denominators
+
+
+def _check_scores(name: str, x: Tensor) -> None:
+    if not isinstance(x, Tensor) or x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 2:
+        got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"`{name}` must have shape [B >= 1, 1 + K] with K >= 1 (the positive first, then K "
+                         f"negatives), but got {name}={got}")
+
+
+def nce_loss(probs: Tensor, *, n_data: int) -> Tensor:
+    """NCE loss of CMC (Tian et al. 2019, eq. 12; the reference's ``NCECriterion``) with uniform noise ``Pn = 1/n_data``::
+
+        h_ik = probs[i, k] = exp(s_ik / T) / Z          (k = 0: the positive, k >= 1: the K negatives)
+        L = -(1/B) sum_i [ log(h_i0 / (h_i0 + K Pn + eps)) + sum_{k>=1} log(K Pn / (h_ik + K Pn + eps)) ]
+
+    Args:
+        probs: ``[B, 1 + K]`` unnormalised probabilities, the positive in column 0.
+        n_data: size of the dataset the negatives are drawn from (rows of the memory bank).
+    """
+    _check_scores("probs", probs)
+    if isinstance(n_data, bool) or not isinstance(n_data, int) or n_data < 1:
+        raise ValueError(f"`n_data >= 1` must hold, but got n_data={n_data!r}")
+    k = probs.shape[1] - 1
+    noise = k / n_data  # K * Pn
+    pos, neg = probs[:, 0], probs[:, 1:]
+    log_d1 = torch.log(pos / (pos + noise + NCE_EPS))
+    log_d0 = torch.log(noise / (neg + noise + NCE_EPS))
+    return -(log_d1.sum() + log_d0.sum()) / probs.shape[0]
+
+
+def nce_softmax_loss(logits: Tensor) -> Tensor:
+    """Softmax variant of CMC's loss (the reference's ``NCESoftmaxLoss``): cross-entropy with the positive as target::
+
+        L = -(1/B) sum_i log( exp(logits[i, 0]) / sum_k exp(logits[i, k]) ),   logits = s / T
+
+    Args:
+        logits: ``[B, 1 + K]`` scores divided by the temperature, the positive in column 0.
+    """
+    _check_scores("logits", logits)
+    target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+    return torch.nn.functional.cross_entropy(logits, target)

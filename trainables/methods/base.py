@@ -148,6 +148,12 @@ class Method(ABC):
         Called by ``TrialSpec.from_settings`` before anything runs. Default: nothing to check."""
         return None
 
+    @classmethod
+    def check_data(cls, config: Any, train: TrainConfig, num_samples: int) -> None:
+        """Check what depends on the training set's size (e.g. negatives drawn from a memory bank); raise ConfigError
+        naming the field. Called by ``trainables.loop.check_data`` (before launch and in ``fit``). Default: nothing."""
+        return None
+
     # -- run -----------------------------------------------------------------------------------------------------------
     def setup(self, shape: RunShape) -> None:
         """Told once, before ``build``, how long the run is; schedules read it from :attr:`shape`."""
