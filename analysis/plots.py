@@ -355,10 +355,12 @@ def method_comparison(trials: pd.DataFrame, *, metric: str, by: Sequence[str] = 
         ax.errorbar(i, values.mean(), yerr=half, fmt="o", color="tab:blue", capsize=5, markersize=7)
         jitter = (np.arange(len(values)) - (len(values) - 1) / 2) * 0.06
         ax.scatter(i + 0.18 + jitter, values, s=12, color="0.4", zorder=3)
-        ax.annotate(f"{values.mean():.3f} ± {half:.3f} (n={len(values)})", (i, values.mean()),
+        spread = f" ± {half:.3f}" if len(values) > 1 else ""
+        ax.annotate(f"{values.mean():.3f}{spread} (n={len(values)})", (i, values.mean()),
                     textcoords="offset points", xytext=(0, 10), ha="center", fontsize=7)
     ax.set_xticks(range(len(rows)), [r[0] for r in rows], rotation=15, ha="right")
     ax.set_xlim(-0.6, len(rows) - 0.4)
+    ax.margins(y=0.2)
     ax.set(ylabel=metric, title=title or f"best configuration per {' / '.join(by)}: mean ± 95 % CI over seeds")
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
@@ -402,4 +404,6 @@ def ablation_heatmap(pivot: pd.DataFrame, *, metric: str = "", title: str = ""):
 
 
 def _label(v) -> str:
-    return " / ".join(map(str, v)) if isinstance(v, tuple) else str(v)
+    if isinstance(v, tuple):
+        return " / ".join(_label(x) for x in v)
+    return f"{v:.3g}" if isinstance(v, float) else str(v)

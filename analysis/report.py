@@ -134,7 +134,7 @@ def _ablation_pairs(t: SweepTables, metric: str) -> Iterator[tuple[str, str, str
             params = top + [p for p in params if p not in top]
         rows, cols = params[0], params[1]
         pivot, which = ablation(g, rows=rows, cols=cols, metric=metric, bins=4), "completed trials"
-        if pivot.empty or int(pivot["n"].to_numpy().sum()) < 2:
+        if pivot.empty or pivot["n"].fillna(0).to_numpy().sum() < 2:
             pivot, which = ablation(g, rows=rows, cols=cols, metric=metric, bins=4, statuses=None), "all trials"
         if not pivot.empty:
             yield str(method), rows, cols, pivot, which
@@ -272,7 +272,8 @@ def write_report(sweeps: Sequence[SweepTables], out: str | os.PathLike, *, title
             png = _png(fig)
             (out / f"{t.sweep}_{stem}.png").write_bytes(png)
             data = base64.b64encode(png).decode()
-            parts.append(f"<figure><img alt='{html.escape(stem)}' src='data:image/png;base64,{data}'>"
+            parts.append(f"<figure id='{html.escape(t.sweep)}_{html.escape(stem)}'>"
+                         f"<img alt='{html.escape(t.sweep)}_{html.escape(stem)}' src='data:image/png;base64,{data}'>"
                          f"<figcaption>{html.escape(caption)}</figcaption></figure>")
         sections.append("<section class='sweep'>" + "\n".join(parts) + "</section>")
     head = ""
