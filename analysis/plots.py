@@ -147,7 +147,7 @@ def learning_curves(
             ax.autoscale_view()
             ax.set(xlabel="epoch", ylabel=metric, title=f"{method}: {metric}" if method else metric)
             ax.grid(alpha=0.3)
-            if len(sub) and sub["epoch"].max() <= 20:
+            if len(sub) and sub["epoch"].max() <= 12:
                 ax.set_xticks(range(1, int(sub["epoch"].max()) + 1))
     present = [s for s in (COMPLETED, STOPPED, ERRORED, DIVERGED) if s in set(status.values())]
     present += sorted(set(status.values()) - set(present) - {""})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from search.printing import (
     RESULT_COLUMNS,
     format_table,
     jsonable,
+    next_steps,
     print_leaderboard,
     print_pareto,
     result_row,
@@ -197,12 +199,18 @@ def _fit_and_report(cfg, make_tuner) -> int:
     from search.progress import ProgressTable
     from search.sweep import fail_orphaned_study_trials
 
-    table = ProgressTable(fixed_method=cfg.fixed.get("method"))
+    # Tune's new output would print a TensorBoard tip pointing into Ray's temporary session directory; the old
+    # one at verbose=0 prints nothing, and next_steps names the experiment directory instead.
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    obj = cfg.objective[0]
+    table = ProgressTable(fixed_method=cfg.fixed.get("method"), total=cfg.trials * cfg.repeats, metric=obj.metric,
+                          mode=obj.mode)
     results = make_tuner([table]).fit()
     orphans = fail_orphaned_study_trials(cfg)
     print_leaderboard(cfg, [result_row(r) for r in results])
     if len(cfg.objective) > 1:
         print_pareto(cfg)
+    print("\n" + next_steps(cfg))
     if orphans:
         print(f"csweep: marked {orphans} Optuna trial(s) left RUNNING by an earlier crash as FAIL", file=sys.stderr)
     return 0 if any(r.error is None for r in results) else 1

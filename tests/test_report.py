@@ -171,3 +171,41 @@ def test_report_of_a_real_sweep(sweep, tmp_path):
         shot = out / "screenshot.png"
         _screenshot(out / "report.html", shot, tmp_path)
         assert _non_white(shot) > 0.05
+
+
+class _Trial:
+    def __init__(self, trial_id, config, status="RUNNING", last_result=None):
+        self.trial_id, self.config, self.status, self.last_result = trial_id, config, status, last_result or {}
+
+
+def test_progress_line_counts_trials_eta_and_best():
+    import io
+
+    from search.progress import ProgressTable
+
+    now = [0.0]
+    stream = io.StringIO()
+    table = ProgressTable(stream=stream, total=4, metric="knn_top1", clock=lambda: now[0])
+    a, b = _Trial("aaaa", {"method": "supcon", "lr": 0.1}), _Trial("bbbb", {"method": "simclr", "lr": 0.2})
+    table.on_trial_start(0, [], a)
+    table.on_trial_result(0, [], a, {"epoch": 1, "knn_top1": 0.5})
+    table.on_trial_result(0, [], b, {"epoch": 1, "knn_top1": 0.7})
+    now[0] = 120.0
+    a.last_result = {"epoch": 4, "knn_top1": 0.6, "finished": True}
+    table.on_trial_complete(0, [], a)
+    line = table.headline()
+    assert "elapsed 2m00s" in line and "1/4 trials done (1 running)" in line and "ETA 6m00s" in line
+    assert "best knn_top1 (max) 0.7 (trial bbbb)" in line and line in stream.getvalue()
+
+
+def test_next_steps_name_the_experiment_directory(tmp_path):
+    from search.printing import leaderboard_rows, next_steps
+    from search.spec import SweepConfig
+
+    cfg = SweepConfig(name="qs", space="quickstart", storage_path=str(tmp_path), fixed={}, trials=2)
+    text = next_steps(cfg)
+    assert f"csweep report qs --storage-path {tmp_path}" in text and "csweep tables qs" in text
+    assert f"tensorboard --logdir {tmp_path}/qs" in text and "/tmp/ray/session" not in text
+    rows = leaderboard_rows([{"trial": "s", "status": "stopped", "knn_top1": 0.5, "epoch": 1},
+                             {"trial": "c", "status": "completed", "knn_top1": 0.5, "epoch": 4}], "knn_top1", "max")
+    assert [r["trial"] for r in rows] == ["c", "s"]
