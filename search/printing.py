@@ -119,12 +119,14 @@ def next_steps(cfg) -> str:
     storage = "" if cfg.storage_path == _default_storage() else f" --storage-path {shlex.quote(cfg.storage_path)}"
     name = shlex.quote(cfg.name)
     lines = [
-        f"csweep report {name}{storage} --out report-{cfg.name}   # HTML report: curves, importances, best config",
-        f"csweep tables {name}{storage} --plots              # Parquet tables for pandas, and the plots",
-        f"tensorboard --logdir {shlex.quote(cfg.experiment_path)}",
+        (f"csweep report {name}{storage} --out report-{cfg.name}", "one HTML page: curves, importances, best config"),
+        (f"csweep tables {name}{storage} --plots", "Parquet tables for pandas, and the figures"),
+        (f"tensorboard --logdir {shlex.quote(cfg.experiment_path)}", "every trial's curves"),
     ]
     if cfg.study_url.startswith("sqlite:///"):
-        lines.append(f"optuna-dashboard {shlex.quote(cfg.study_url)}   # pip install -e '.[viz]'")
+        lines.append((f"optuna-dashboard {shlex.quote(cfg.study_url)}", "the study (pip install -e '.[viz]')"))
+    width = max(len(c) for c, _ in lines)
+    lines = [f"{c.ljust(width)}   # {why}" for c, why in lines]
     return "next:\n" + "\n".join(f"  {line}" for line in lines)
 
 
