@@ -136,7 +136,7 @@ def _ablation_pairs(t: SweepTables, metric: str) -> Iterator[tuple[str, str, str
         pivot, which = ablation(g, rows=rows, cols=cols, metric=metric, bins=4), "completed trials"
         if pivot.empty or pivot["n"].fillna(0).to_numpy().sum() < 2:
             pivot, which = ablation(g, rows=rows, cols=cols, metric=metric, bins=4, statuses=None), "all trials"
-        if not pivot.empty:
+        if not pivot.empty and pivot["mean"].notna().to_numpy().sum() >= 2:  # one cell compares nothing
             yield str(method), rows, cols, pivot, which
 
 
