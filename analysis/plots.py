@@ -188,7 +188,7 @@ def best_so_far(trials: pd.DataFrame, *, metric: str, mode: str = "max", title: 
 
 
 def _axis_values(s: pd.Series) -> tuple[np.ndarray, list[float], list[str]]:
-    """A setting mapped to [0, 1] (log scale for positive ranges over 2 decades, codes for categories),
+    """A setting mapped to [0, 1] (log scale for positive ranges over a decade, codes for categories),
     with tick positions and labels."""
     if pd.api.types.is_bool_dtype(s) or not pd.api.types.is_numeric_dtype(s):
         cats = sorted(s.dropna().astype(str).unique())
@@ -199,7 +199,7 @@ def _axis_values(s: pd.Series) -> tuple[np.ndarray, list[float], list[str]]:
     lo, hi = v.min(), v.max()
     if pd.isna(lo) or lo == hi:
         return np.where(v.notna(), 0.5, np.nan), [0.5], [f"{lo:.3g}" if pd.notna(lo) else ""]
-    log = lo > 0 and hi / lo > 100
+    log = lo > 0 and hi / lo > 10
     f = np.log10 if log else (lambda a: a)
     norm = ((f(v) - f(lo)) / (f(hi) - f(lo))).to_numpy()
     return norm, [0.0, 1.0], [f"{lo:.3g}", f"{hi:.3g}"]
@@ -270,7 +270,7 @@ def importances(table: pd.DataFrame, *, title: str = ""):
 
 
 def metric_vs_params(trials: pd.DataFrame, params: Sequence[str], *, metric: str = "best_knn_top1", title: str = ""):
-    """Slice plots: ``metric`` against each setting (log x for positive ranges over 2 decades), colour by method,
+    """Slice plots: ``metric`` against each setting (log x for positive ranges over a decade), colour by method,
     hollow markers for trials that did not complete; one shared legend."""
     plt = _plt()
     params = [p for p in params if p in trials and trials[p].notna().any()] or ["epochs_run"]
@@ -291,7 +291,7 @@ def metric_vs_params(trials: pd.DataFrame, params: Sequence[str], *, metric: str
                 xv = x[m] if numeric else x[m].astype(str)
                 kw = {"color": mcolors[method]} if full else {"facecolors": "none", "edgecolors": mcolors[method]}
                 ax.scatter(xv, trials.loc[m, metric], s=18, **kw)
-        if numeric and (x.dropna() > 0).all() and x.max() / max(x.min(), 1e-12) > 100:
+        if numeric and (x.dropna() > 0).all() and x.max() / max(x.min(), 1e-12) > 10:
             ax.set_xscale("log")
         ax.set(xlabel=p, ylabel=metric, title=f"{metric} vs {p}")
         ax.grid(alpha=0.3)
