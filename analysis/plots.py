@@ -293,6 +293,10 @@ def metric_vs_params(trials: pd.DataFrame, params: Sequence[str], *, metric: str
                 ax.scatter(xv, trials.loc[m, metric], s=18, **kw)
         if numeric and (x.dropna() > 0).all() and x.max() / max(x.min(), 1e-12) > 10:
             ax.set_xscale("log")
+        elif numeric:
+            from matplotlib.ticker import MaxNLocator
+
+            ax.xaxis.set_major_locator(MaxNLocator(4))
         ax.set(xlabel=p, ylabel=metric, title=f"{metric} vs {p}")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(params):]:
