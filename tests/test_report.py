@@ -86,11 +86,18 @@ def _check_page(out: Path) -> str:
     return page
 
 
-def test_report_from_synthetic_tables(tmp_path):
-    a, b = synthetic_sweep("alpha"), synthetic_sweep("beta", multi=True, seed=1)
-    path = write_report([a, b], tmp_path)
+@pytest.fixture(scope="module")
+def synthetic_report(tmp_path_factory) -> Path:
+    """A report of two synthetic sweeps (the second multi-objective), written once for this module."""
+    out = tmp_path_factory.mktemp("report")
+    assert write_report([synthetic_sweep("alpha"), synthetic_sweep("beta", multi=True, seed=1)], out) == \
+        out / "report.html"
+    return out
+
+
+def test_report_from_synthetic_tables(synthetic_report):
+    tmp_path = synthetic_report
     page = _check_page(tmp_path)
-    assert path == tmp_path / "report.html"
     for stem in ("learning_curves", "best_so_far", "parallel_coordinates", "importances", "slices", "methods"):
         assert (tmp_path / f"alpha_{stem}.png").is_file() and f"alpha_{stem}" in page
     assert (tmp_path / "beta_pareto.png").is_file() and not (tmp_path / "alpha_pareto.png").exists()
@@ -149,10 +156,9 @@ def _non_white(png: Path) -> float:
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium) ")
-def test_report_renders_in_headless_chromium(tmp_path):
-    out = tmp_path / "report"
-    write_report([synthetic_sweep("alpha"), synthetic_sweep("beta", multi=True, seed=1)], out)
-    shot = out / "screenshot.png"
+def test_report_renders_in_headless_chromium(synthetic_report, tmp_path):
+    out = synthetic_report
+    shot = tmp_path / "screenshot.png"
     proc = _screenshot(out / "report.html", shot, tmp_path)
     assert shot.is_file(), proc.stderr[-2000:]
     assert _non_white(shot) > 0.06  # figures and tables, not a blank page or broken-image icons
