@@ -221,7 +221,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from search.spec import read_sweep_file
     from search.sweep import restore_tuner
 
-    cfg = read_sweep_file(_experiment_path(args.name, args.storage_path))
+    cfg = read_sweep_file(_sweep_paths([args.name], args.storage_path)[0])
     init_ray(args.address, driver_slots=cfg.concurrency)
     print(f"csweep: resuming sweep {cfg.name} from {cfg.experiment_path}", file=sys.stderr)
     return _fit_and_report(cfg, lambda callbacks: restore_tuner(cfg, callbacks=callbacks))
@@ -230,7 +230,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from search.spec import read_sweep_file
 
-    path = _experiment_path(args.name, args.storage_path)
+    path = _sweep_paths([args.name], args.storage_path)[0]
     cfg = read_sweep_file(path)
     from ray.tune import ExperimentAnalysis
 
