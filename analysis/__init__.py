@@ -5,7 +5,11 @@
 >>> analysis.ablation(tables.trials, rows="selfcon_pos", cols="selfcon_size", metric="linear_top1")
 """
 
-from analysis.api import Tables, ablation, format_ablation, load
+from analysis.api import Tables, ablation, bin_setting, format_ablation, load
+from analysis.report import write_report
 from analysis.tables import SweepTables, build_tables, write_tables
 
-__all__ = ["SweepTables", "Tables", "ablation", "build_tables", "format_ablation", "load", "write_tables"]
+__all__ = [
+    "SweepTables", "Tables", "ablation", "bin_setting", "build_tables", "format_ablation", "load", "write_report",
+    "write_tables",
+]

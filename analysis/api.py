@@ -7,11 +7,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from search.spec import COMPLETED
 
-__all__ = ["Tables", "ablation", "format_ablation", "load"]
+__all__ = ["Tables", "ablation", "bin_setting", "format_ablation", "load"]
 
 
 @dataclass
@@ -46,12 +47,14 @@ def ablation(
     cols: str | Sequence[str],
     metric: str,
     statuses: Sequence[str] | None = (COMPLETED,),
+    bins: int | None = None,
 ) -> pd.DataFrame:
     """Pivot ``metric`` over ``rows`` x ``cols`` (e.g. selfcon_pos x selfcon_size, gamma x gamma_scaling_steps).
 
     Returns a frame indexed by ``rows`` whose columns are a MultiIndex (statistic, *cols values) with statistics
     ``mean``, ``std`` (over trials, e.g. seeds; NaN for one trial) and ``n``. ``statuses`` filters trials first
-    (default: completed only; None keeps every trial that reported the metric).
+    (default: completed only; None keeps every trial that reported the metric). With ``bins``, a float setting
+    with more distinct values than ``bins`` is cut into that many ranges (:func:`bin_setting`).
     """
     rows = [rows] if isinstance(rows, str) else list(rows)
     cols = [cols] if isinstance(cols, str) else list(cols)
@@ -61,10 +64,38 @@ def ablation(
     data = df if statuses is None else df[df["status"].astype(str).isin(statuses)]
     data = data.dropna(subset=[metric])
     keys = [*rows, *cols]
-    data = data.assign(**{k: data[k].astype(object).where(data[k].notna(), "NA") for k in keys})
+    data = data.assign(**{k: _key(data[k], bins) for k in keys})
     return data.pivot_table(
         index=rows, columns=cols, values=metric, aggfunc=["mean", "std", "count"], observed=True, dropna=False
     ).rename(columns={"count": "n"}, level=0)
+
+
+def _key(s: pd.Series, bins: int | None) -> pd.Series:
+    if bins and pd.api.types.is_float_dtype(s) and s.nunique() > bins:
+        binned = bin_setting(s, bins=bins)
+        return binned.cat.add_categories("NA").fillna("NA") if binned.isna().any() else binned
+    return s.astype(object).where(s.notna(), "NA")
+
+
+def _edge(v: float) -> str:
+    return f"{v:.2g}" if v != 0 else "0"
+
+
+def bin_setting(s: pd.Series, *, bins: int = 5) -> pd.Series:
+    """A continuous setting as an ordered categorical of ``bins`` ranges labelled like ``0.05-0.1``: log-spaced
+    edges for positive values spanning over a decade, linear otherwise; edges rounded to 2 significant digits."""
+    v = s.astype(float)
+    lo, hi = v.min(), v.max()
+    if pd.isna(lo) or lo == hi:
+        return v.map(lambda x: _edge(x) if pd.notna(x) else None).astype("category")
+    if lo > 0 and hi / lo > 10:
+        edges = np.geomspace(lo, hi, bins + 1)
+    else:
+        edges = np.linspace(lo, hi, bins + 1)
+    edges = np.unique([float(f"{e:.2g}") for e in edges])
+    edges[0], edges[-1] = min(edges[0], lo), max(edges[-1], hi)
+    labels = [f"{_edge(a)}-{_edge(b)}" for a, b in zip(edges[:-1], edges[1:])]
+    return pd.cut(v, edges, labels=labels, include_lowest=True, duplicates="drop")
 
 
 def format_ablation(pivot: pd.DataFrame, *, digits: int = 4) -> pd.DataFrame:

@@ -21,8 +21,9 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from analysis.tune_files import TrialFiles, read_trials
 from search.spec import ABANDONED, COMPLETED, DIVERGED, ERRORED, RUNNING, STOPPED, read_sweep_file
 from trainables.config import yaml_flow
 
-__all__ = ["SweepTables", "build_tables", "write_tables"]
+__all__ = ["SweepTables", "build_tables", "sweep_status", "write_tables"]
 
 TABLES = ("trials", "epochs", "leaderboard", "importances", "pareto")
 SCHEMAS = {"trials": TRIAL_COLUMNS, "epochs": EPOCH_COLUMNS, "leaderboard": LEADERBOARD_COLUMNS}
@@ -83,6 +84,9 @@ class SweepTables:
     leaderboard: pd.DataFrame
     importances: pd.DataFrame
     pareto: pd.DataFrame
+    #: the sweep's fixed settings (``--set`` and the space's) and its objectives as (metric, mode)
+    fixed: dict[str, Any] = field(default_factory=dict)
+    objective: list[tuple[str, str]] = field(default_factory=list)
 
 
 def _spec_settings(fixed: Mapping[str, Any], config: Mapping[str, Any]) -> tuple[str | None, dict[str, Any]]:
@@ -229,7 +233,20 @@ def build_tables(path: str | os.PathLike) -> SweepTables:
         leaderboard=_leaderboard(trials_df, cfg),
         importances=_importances(study, trials_df, cfg),
         pareto=_pareto(study, cfg),
+        fixed=dict(cfg.fixed),
+        objective=[(o.metric, o.mode) for o in cfg.objective],
     )
+
+
+def sweep_status(path: str | os.PathLike) -> tuple[Counter, float]:
+    """Trial counts by status and the newest modification time (epoch seconds) of one sweep's directory, read
+    from Tune's files alone (no study, no tables): what ``csweep ls`` shows."""
+    exp = Path(path)
+    trials = read_trials(exp)
+    counts = Counter(_status(t) for t in trials)
+    times = [p.stat().st_mtime for p in exp.iterdir()]
+    times += [(t.path / "result.json").stat().st_mtime for t in trials if (t.path / "result.json").exists()]
+    return counts, max(times, default=exp.stat().st_mtime)
 
 
 def _best(results: list[dict], key: str, fn) -> float | None:

@@ -172,11 +172,26 @@ def build_parser() -> argparse.ArgumentParser:
     tables.add_argument("--out", default="tables", help="output directory (default ./tables)")
     tables.add_argument("--plots", action="store_true", help="also write PNG plots to OUT/plots/")
 
+    report = sub.add_parser(
+        "report",
+        help="write one self-contained HTML report of sweeps (figures as PNG beside it)",
+        description="Build the tables of sweeps and write OUT/report.html (opens offline: figures embedded), "
+        "OUT/<sweep>_<figure>.png and OUT/best_config.yaml.",
+    )
+    report.add_argument("names", nargs="+", metavar="NAME_OR_PATH", help="sweep names or experiment paths")
+    report.add_argument("--storage-path", default=None, help="where named sweeps live (default ./results)")
+    report.add_argument("--out", default="report", help="output directory (default ./report)")
+
+    ls = sub.add_parser("ls", help="list the sweeps in a storage path with their trial counts")
+    ls.add_argument("--storage-path", default=None, help="where sweeps live (default ./results)")
+
     abl = sub.add_parser("ablation", help="pivot a metric over two settings (mean ± std), save Parquet + PNG")
     abl.add_argument("names", nargs="+", metavar="NAME_OR_PATH", help="sweep names or experiment paths")
     abl.add_argument("--rows", required=True, help="setting(s) for the rows, comma-separated")
     abl.add_argument("--cols", required=True, help="setting(s) for the columns, comma-separated")
     abl.add_argument("--metric", default="linear_top1", help="trials.parquet column to aggregate (default linear_top1)")
+    abl.add_argument("--bins", type=int, default=5,
+                     help="cut float settings with more distinct values into this many ranges (0: no binning)")
     abl.add_argument("--all-statuses", action="store_true", help="include stopped/errored trials that have the metric")
     abl.add_argument("--storage-path", default=None, help="where named sweeps live (default ./results)")
     abl.add_argument("--out", default="tables", help="output directory (default ./tables)")

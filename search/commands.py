@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from search.printing import (
     RESULT_COLUMNS,
     format_table,
     jsonable,
+    next_steps,
     print_leaderboard,
     print_pareto,
     result_row,
@@ -31,6 +33,8 @@ __all__ = [
     "COMMANDS",
     "UsageError",
     "cmd_ablation",
+    "cmd_ls",
+    "cmd_report",
     "cmd_resume",
     "cmd_run",
     "cmd_spaces",
@@ -195,12 +199,18 @@ def _fit_and_report(cfg, make_tuner) -> int:
     from search.progress import ProgressTable
     from search.sweep import fail_orphaned_study_trials
 
-    table = ProgressTable(fixed_method=cfg.fixed.get("method"))
+    # Tune's new output would print a TensorBoard tip pointing into Ray's temporary session directory; the old
+    # one at verbose=0 prints nothing, and next_steps names the experiment directory instead.
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    obj = cfg.objective[0]
+    table = ProgressTable(fixed_method=cfg.fixed.get("method"), total=cfg.trials * cfg.repeats, metric=obj.metric,
+                          mode=obj.mode)
     results = make_tuner([table]).fit()
     orphans = fail_orphaned_study_trials(cfg)
     print_leaderboard(cfg, [result_row(r) for r in results])
     if len(cfg.objective) > 1:
         print_pareto(cfg)
+    print("\n" + next_steps(cfg))
     if orphans:
         print(f"csweep: marked {orphans} Optuna trial(s) left RUNNING by an earlier crash as FAIL", file=sys.stderr)
     return 0 if any(r.error is None for r in results) else 1
@@ -211,7 +221,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from search.spec import read_sweep_file
     from search.sweep import restore_tuner
 
-    cfg = read_sweep_file(_experiment_path(args.name, args.storage_path))
+    cfg = read_sweep_file(_sweep_paths([args.name], args.storage_path)[0])
     init_ray(args.address, driver_slots=cfg.concurrency)
     print(f"csweep: resuming sweep {cfg.name} from {cfg.experiment_path}", file=sys.stderr)
     return _fit_and_report(cfg, lambda callbacks: restore_tuner(cfg, callbacks=callbacks))
@@ -220,7 +230,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from search.spec import read_sweep_file
 
-    path = _experiment_path(args.name, args.storage_path)
+    path = _sweep_paths([args.name], args.storage_path)[0]
     cfg = read_sweep_file(path)
     from ray.tune import ExperimentAnalysis
 
@@ -252,14 +262,36 @@ def cmd_spaces(args: argparse.Namespace) -> int:
     return 0
 
 
+def list_sweeps(storage: str | None) -> list[Path]:
+    """The sweep directories (holding ``sweep.json``) directly under a local storage path, by name."""
+    root = Path(_storage_path(storage))
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if (p / SWEEP_FILE).is_file())
+
+
+def _sweep_paths(names: list[str], storage: str | None) -> list[str]:
+    paths = [_experiment_path(n, storage) for n in names]
+    for name, p in zip(names, paths):
+        if "://" not in p and not (Path(p) / SWEEP_FILE).exists():
+            found = ", ".join(d.name for d in list_sweeps(storage)) or "none"
+            raise UsageError(f"`name`: no sweep {name!r} at {p} (missing {SWEEP_FILE}); "
+                             f"sweeps in {_storage_path(storage)}: {found}")
+    return paths
+
+
 def _write_tables(args: argparse.Namespace):
     from analysis.tables import write_tables
 
-    paths = [_experiment_path(n, args.storage_path) for n in args.names]
-    for p in paths:
-        if not (Path(p) / SWEEP_FILE).exists():
-            raise UsageError(f"`name`: no sweep at {p} (missing {SWEEP_FILE})")
-    return write_tables(paths, args.out)
+    return write_tables(_sweep_paths(args.names, args.storage_path), args.out)
+
+
+def write_plots(written, out: Path) -> list[Path]:
+    """The report's figures of each sweep as ``out/<sweep>_<figure>.png``."""
+    from analysis.plots import save
+    from analysis.report import figures
+
+    return [save(fig, out / f"{t.sweep}_{stem}.png") for t in written for stem, _, fig in figures(t)]
 
 
 def cmd_tables(args: argparse.Namespace) -> int:
@@ -269,25 +301,39 @@ def cmd_tables(args: argparse.Namespace) -> int:
         counts = t.trials["status"].value_counts().to_dict() if len(t.trials) else {}
         print(f"{t.sweep}: {len(t.trials)} trial(s) {counts}, {len(t.epochs)} epoch row(s) -> {out}/*/sweep={t.sweep}/")
     if args.plots:
-        import pandas as pd
+        made = write_plots(written, out / "plots")
+        print(f"plots: {len(made)} PNG file(s) in {out / 'plots'}")
+    return 0
 
-        from analysis import plots
 
-        trials = pd.concat([t.trials for t in written], ignore_index=True)
-        epochs = pd.concat([t.epochs for t in written], ignore_index=True)
-        made = [plots.learning_curves(epochs, out / "plots" / "learning_curves.png")]
-        params = sorted({c for s in trials["sampled"].dropna() for c in str(s).split(",") if c} - {"method"})
-        made.append(plots.metric_vs_params(trials, params, out / "plots" / "metric_vs_params.png"))
-        for t in written:
-            if len(t.pareto):
-                metrics = [c for c in t.pareto.columns if c != "optuna_trial" and not c.startswith("param_")][:2]
-                if len(metrics) == 2:
-                    made.append(
-                        plots.pareto_front(
-                            t.pareto, t.trials, metrics[1], metrics[0], out / "plots" / f"pareto_{t.sweep}.png"
-                        )
-                    )
-        print("plots: " + ", ".join(str(p) for p in made))
+def cmd_report(args: argparse.Namespace) -> int:
+    from analysis.report import write_report
+    from analysis.tables import build_tables
+
+    sweeps = [build_tables(p) for p in _sweep_paths(args.names, args.storage_path)]
+    path = write_report(sweeps, args.out)
+    print(f"report: {path} (open it in a browser; figures as PNG and best_config.yaml beside it)")
+    return 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    from analysis.tables import sweep_status
+
+    root = _storage_path(args.storage_path)
+    if "://" in root:
+        raise UsageError(f"`storage_path`: csweep ls lists local storage only, but got {root!r}")
+    sweeps = list_sweeps(args.storage_path)
+    if not sweeps:
+        print(f"no sweeps in {root}")
+        return 0
+    rows = []
+    for d in sweeps:
+        counts, mtime = sweep_status(d)
+        rows.append({"sweep": d.name, "trials": sum(counts.values()),
+                     **{k: counts.get(k, 0) for k in ("completed", "stopped", "errored", "running")},
+                     "last modified": time.strftime("%Y-%m-%d %H:%M", time.localtime(mtime))})
+    print(f"sweeps in {root}:")
+    print(format_table(rows, list(rows[0])))
     return 0
 
 
@@ -296,14 +342,15 @@ def cmd_ablation(args: argparse.Namespace) -> int:
 
     from analysis import ablation, format_ablation
     from analysis.columns import write_parquet
-    from analysis.plots import ablation_heatmap
+    from analysis.plots import ablation_heatmap, save
 
     written = _write_tables(args)
     trials = pd.concat([t.trials for t in written], ignore_index=True)
     rows, cols = args.rows.split(","), args.cols.split(",")
     try:
         pivot = ablation(
-            trials, rows=rows, cols=cols, metric=args.metric, statuses=None if args.all_statuses else (COMPLETED,)
+            trials, rows=rows, cols=cols, metric=args.metric, statuses=None if args.all_statuses else (COMPLETED,),
+            bins=args.bins or None,
         )
     except KeyError as e:
         raise UsageError(f"`rows`/`cols`/`metric`: {e.args[0]}") from e
@@ -315,7 +362,8 @@ def cmd_ablation(args: argparse.Namespace) -> int:
     flat = pivot.copy()
     flat.columns = ["|".join(map(str, c)) for c in flat.columns]
     write_parquet(flat.reset_index().astype({r: str for r in rows}), out / f"{stem}.parquet")
-    ablation_heatmap(pivot, out / f"{stem}.png", title=args.metric)
+    save(ablation_heatmap(pivot, metric=args.metric, title=f"{args.metric}: {args.rows} x {args.cols}"),
+         out / f"{stem}.png")
     print(f"saved {out / stem}.parquet and .png")
     return 0
 
@@ -327,5 +375,7 @@ COMMANDS = {
     "run": cmd_run,
     "resume": cmd_resume,
     "status": cmd_status,
+    "report": cmd_report,
+    "ls": cmd_ls,
     "spaces": cmd_spaces,
 }

@@ -16,6 +16,7 @@ __all__ = [
     "format_table",
     "jsonable",
     "leaderboard_rows",
+    "next_steps",
     "print_leaderboard",
     "print_pareto",
     "result_row",
@@ -80,10 +81,12 @@ def result_row(result) -> dict[str, Any]:
 
 
 def leaderboard_rows(trials: Iterable[Mapping[str, Any]], metric: str, mode: str) -> list[dict[str, Any]]:
-    """Rows sorted best-first by ``metric`` (trials without it last)."""
+    """Rows sorted best-first by ``metric`` (trials without it last); on a tie a completed trial ranks above a
+    stopped one, then more epochs above fewer."""
     rows = list(trials)
     sign = -1.0 if mode == "max" else 1.0
-    return sorted(rows, key=lambda r: (r.get(metric) is None, sign * (r.get(metric) or 0.0)))
+    return sorted(rows, key=lambda r: (r.get(metric) is None, sign * (r.get(metric) or 0.0),
+                                       r.get("status") != COMPLETED, -(r.get("epoch") or 0)))
 
 
 def print_leaderboard(cfg, rows: list[dict[str, Any]]) -> None:
@@ -107,6 +110,30 @@ def print_pareto(cfg) -> None:
     params = sorted({k for t in study.best_trials for k in t.params})
     print(f"\nPareto front ({', '.join(f'{o.metric}:{o.mode}' for o in cfg.objective)}): {len(rows)} trial(s)")
     print(format_table(rows, ["optuna_trial", *params, *names]))
+
+
+def next_steps(cfg) -> str:
+    """What to run after a sweep: its report, its tables, TensorBoard on its directory, optuna-dashboard."""
+    import shlex
+
+    storage = "" if cfg.storage_path == _default_storage() else f" --storage-path {shlex.quote(cfg.storage_path)}"
+    name = shlex.quote(cfg.name)
+    lines = [
+        (f"csweep report {name}{storage} --out report-{cfg.name}", "one HTML page: curves, importances, best config"),
+        (f"csweep tables {name}{storage} --plots", "Parquet tables for pandas, and the figures"),
+        (f"tensorboard --logdir {shlex.quote(cfg.experiment_path)}", "every trial's curves"),
+    ]
+    if cfg.study_url.startswith("sqlite:///"):
+        lines.append((f"optuna-dashboard {shlex.quote(cfg.study_url)}", "the study (pip install -e '.[viz]')"))
+    width = max(len(c) for c, _ in lines)
+    lines = [f"{c.ljust(width)}   # {why}" for c, why in lines]
+    return "next:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def _default_storage() -> str:
+    from pathlib import Path
+
+    return str(Path("results").resolve())
 
 
 def train_summary(metrics: Mapping[str, Any]) -> str:

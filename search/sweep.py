@@ -10,6 +10,7 @@ no controller, worker group or process group to start, and Tune reuses the actor
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import tempfile
@@ -27,7 +28,9 @@ __all__ = [
     "capacity",
     "fail_orphaned_study_trials",
     "restore_tuner",
+    "trial_dirname",
     "trial_driver",
+    "trial_name",
     "validate_sweep",
 ]
 
@@ -278,6 +281,17 @@ def _point_valid(point: Mapping[str, Any], cfg: SweepConfig) -> bool:
     return True
 
 
+def trial_name(trial, *, fixed_method: str | None = None) -> str:
+    """``METHOD_TRIALID``: how a trial is shown (Tune's ``trial_name_creator``)."""
+    return f"{trial.config.get('method') or fixed_method or 'trial'}_{trial.trial_id}"
+
+
+def trial_dirname(trial, *, fixed_method: str | None = None) -> str:
+    """``trial_driver_TRIALID_METHOD``: a trial's directory, and so its TensorBoard run name (Tune's default
+    spells out the whole configuration and a date)."""
+    return f"trial_driver_{trial.trial_id}_{trial.config.get('method') or fixed_method or 'trial'}"
+
+
 def _tune_run_config(cfg: SweepConfig, callbacks: list):
     from ray import tune
 
@@ -306,6 +320,8 @@ def build_tuner(cfg: SweepConfig, *, concurrency: int, callbacks: list | None = 
             num_samples=cfg.trials * cfg.repeats,
             max_concurrent_trials=concurrency,
             reuse_actors=cfg.resolved_executor == "inline",
+            trial_name_creator=functools.partial(trial_name, fixed_method=cfg.fixed.get("method")),
+            trial_dirname_creator=functools.partial(trial_dirname, fixed_method=cfg.fixed.get("method")),
         ),
         run_config=_tune_run_config(cfg, callbacks or []),
     )

@@ -25,6 +25,18 @@ def _node_cache(tmp_path_factory):
     yield cache
 
 
+@pytest.fixture(scope="session")
+def sweep(tmp_path_factory) -> Path:
+    """A real sweep (shared by the analysis and report tests): 2 configurations x 2 seeds of the quickstart space,
+    run to the end (FIFO), named ``abl`` in the returned storage path."""
+    storage = tmp_path_factory.mktemp("sweeps")
+    proc = run_cli("run", "quickstart", "--trials", "2", "--repeats", "2", "--scheduler", "fifo", "--name", "abl",
+                   "--storage-path", str(storage), "--set", "epochs=3", "--set", "probe_epochs=10",
+                   "--set", "width=0.125")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return storage
+
+
 def run_cli(*args: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run ``csweep ARGS`` in a fresh interpreter (its own Ray, stopped when it exits)."""
     return subprocess.run([sys.executable, "-m", "search.cli", *args], cwd=ROOT, capture_output=True, text=True,
