@@ -109,7 +109,7 @@ class ClusterResources:
 
     def describe(self) -> str:
         parts = [
-            ", ".join(f"{v:g} {k}" for k, v in sorted(n.items()) if k in ("CPU", "GPU") or k == DRIVER_RESOURCE)
+            ", ".join(f"{v:g} {k}" for k, v in sorted(n.items()) if k in ("CPU", "GPU"))
             for n in self.nodes
         ]
         return f"{len(self.nodes)} node(s): " + "; ".join(f"[{p}]" for p in parts)

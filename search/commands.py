@@ -45,11 +45,19 @@ class UsageError(Exception):
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
-    settings = parse_overrides(args.overrides)
+    """``--set`` values plus ``--dataset``/``--data-dir``/``--epochs``, typed by their fields; a key given both ways
+    is refused (one source per setting)."""
+    from trainables.trial import typed_settings
+
+    settings = typed_settings(parse_overrides(args.overrides))
     for flag, key in (("dataset", "dataset"), ("data_dir", "data_dir"), ("epochs", "epochs")):
         value = getattr(args, flag, None)
-        if value is not None:
-            settings[key] = value
+        if value is None:
+            continue
+        if key in settings:
+            raise UsageError(f"`{key}` is given twice, as --{flag.replace('_', '-')} {value} and as --set "
+                             f"{key}={settings[key]}; give it once")
+        settings[key] = value
     return settings
 
 
@@ -141,6 +149,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from search.spec import SweepConfig, parse_objective, write_sweep_file
     from search.sweep import build_tuner, capacity, validate_sweep
     from spaces import load_space
+    from trainables.trial import typed_settings
 
     space = load_space(args.space)
     name = args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -148,7 +157,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         name=name,
         space=args.space,
         storage_path=_storage_path(args.storage_path),
-        fixed={**space.fixed, **_settings(args)},
+        fixed=typed_settings({**space.fixed, **_settings(args)}),
         trials=args.trials if args.trials is not None else space.trials,
         repeats=args.repeats,
         concurrency=args.concurrency,
@@ -255,11 +264,24 @@ def cmd_spaces(args: argparse.Namespace) -> int:
 def _write_tables(args: argparse.Namespace):
     from analysis.tables import write_tables
 
+    _check_out_dir(args.out)
     paths = [_experiment_path(n, args.storage_path) for n in args.names]
     for p in paths:
         if not (Path(p) / SWEEP_FILE).exists():
             raise UsageError(f"`name`: no sweep at {p} (missing {SWEEP_FILE})")
     return write_tables(paths, args.out)
+
+
+def _check_out_dir(out: str) -> None:
+    """``--out`` must be a directory or creatable as one (no file in the way, writable)."""
+    import os
+
+    path = Path(out).expanduser().absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise UsageError(f"`out` must be a directory, but got out={out!r} ({str(existing)!r} is a file)")
+    if not os.access(existing, os.W_OK):
+        raise UsageError(f"`out` must be writable, but got out={out!r} ({str(existing)!r} is not writable)")
 
 
 def cmd_tables(args: argparse.Namespace) -> int:
@@ -307,6 +329,8 @@ def cmd_ablation(args: argparse.Namespace) -> int:
         )
     except KeyError as e:
         raise UsageError(f"`rows`/`cols`/`metric`: {e.args[0]}") from e
+    except ValueError as e:
+        raise UsageError(str(e)) from e
     if pivot.empty:
         raise UsageError(f"`metric`: no {'' if args.all_statuses else COMPLETED + ' '}trial reports {args.metric!r}")
     print(format_ablation(pivot).to_string())

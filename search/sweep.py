@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -167,12 +168,7 @@ def validate_sweep(
         reported.setdefault(method, set()).update(_reported(spec))
         study.tell(trial, 0.0)
     _check_objective_reported(cfg, reported)
-    _make_default_study_dir(cfg)
-    try:
-        optuna.storages.RDBStorage(cfg.study_url)
-    except Exception as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ConfigError(f"`study_storage` {cfg.study_url!r} cannot be opened: {reason}") from e
+    _check_fixed_used(cfg, fixed, set(reported))
     if cluster is not None:
         check_feasible(cfg.resources, cluster, autoscaling=autoscaling)
         if cfg.resolved_executor == "train" and not autoscaling and cluster.total(DRIVER_RESOURCE) < 1:
@@ -180,6 +176,44 @@ def validate_sweep(
                 f"`resources`: Train-based trials need the custom resource {DRIVER_RESOURCE!r} on the "
                 f"node that runs trial drivers (see cluster.yaml); the cluster has {cluster.describe()}"
             )
+    _check_study_storage(cfg)
+
+
+def _check_fixed_used(cfg: SweepConfig, fixed: Mapping[str, Any], methods: set[str]) -> None:
+    """A fixed setting that no sampled method has would be dropped from every trial: refuse it."""
+    from trainables.trial import foreign_setting_error
+
+    for key in sorted(fixed):
+        errors = [foreign_setting_error(key, m) for m in sorted(methods)]
+        if methods and all(errors):
+            raise ConfigError(f"{errors[0]}; space {cfg.space!r} samples only {', '.join(sorted(methods))}")
+
+
+def _check_study_storage(cfg: SweepConfig) -> None:
+    """The study storage can be opened, creating nothing: the default SQLite file's directory must be creatable
+    (the file itself is made when the sweep starts); a URL the user gave is opened."""
+    if cfg.study_storage is None and cfg.study_url.startswith("sqlite:///"):
+        path = Path(cfg.study_url.removeprefix("sqlite:///"))
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        if existing == path and not path.is_file() or existing != path and not existing.is_dir():
+            raise ConfigError(f"`storage_path`: the study file {str(path)!r} cannot be created "
+                              f"({str(existing)!r} is in the way)")
+        if not os.access(existing if existing.is_dir() else existing.parent, os.W_OK):
+            raise ConfigError(f"`storage_path`: {str(existing)!r} is not writable")
+        if path.is_file():
+            _open_storage(cfg)
+        return
+    _open_storage(cfg)
+
+
+def _open_storage(cfg: SweepConfig) -> None:
+    import optuna
+
+    try:
+        optuna.storages.RDBStorage(cfg.study_url)
+    except Exception as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"`study_storage` {cfg.study_url!r} cannot be opened: {reason}") from e
 
 
 def _reported(spec) -> tuple[str, ...]:

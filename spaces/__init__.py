@@ -33,7 +33,9 @@ class SpaceModule:
 
     @property
     def points_to_evaluate(self) -> list[dict[str, Any]]:
-        return [dict(p) for p in getattr(self.module, "POINTS_TO_EVALUATE", [])]
+        from trainables.trial import typed_settings
+
+        return [typed_settings(p) for p in getattr(self.module, "POINTS_TO_EVALUATE", [])]
 
     @property
     def trials(self) -> int:
@@ -43,7 +45,9 @@ class SpaceModule:
     @property
     def fixed(self) -> dict[str, Any]:
         """Settings the space fixes for every trial (``FIXED``); the user's ``--set`` values override them."""
-        return dict(getattr(self.module, "FIXED", {}))
+        from trainables.trial import typed_settings
+
+        return typed_settings(getattr(self.module, "FIXED", {}))
 
     @property
     def description(self) -> str:
