@@ -10,9 +10,11 @@ no controller, worker group or process group to start, and Tune reuses the actor
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
+import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -280,19 +282,12 @@ def _searcher(cfg: SweepConfig, space):
 
     import optuna
     from ray.tune.search import Repeater
-    from ray.tune.search.optuna import OptunaSearch
-
-    class _Search(OptunaSearch):
-        """OptunaSearch that ignores intermediate results lacking the objective (final-only probes)."""
-
-        def on_trial_result(self, trial_id: str, result: dict) -> None:
-            if isinstance(self.metric, str) and self.metric in result:
-                super().on_trial_result(trial_id, result)
 
     metrics = [o.metric for o in cfg.objective]
     modes = [o.mode for o in cfg.objective]
     _make_default_study_dir(cfg)
-    searcher = _Search(
+    searcher = _study_search_class()(
+        experiment_path=cfg.experiment_path,
         space=functools.partial(space.space, fixed=dict(cfg.fixed)),
         metric=metrics[0] if len(metrics) == 1 else metrics,
         mode=modes[0] if len(modes) == 1 else modes,
@@ -304,6 +299,91 @@ def _searcher(cfg: SweepConfig, space):
     if cfg.repeats > 1:
         return Repeater(searcher, repeat=cfg.repeats, set_index=True)
     return searcher
+
+
+@functools.cache
+def _study_search_class():
+    """OptunaSearch that keeps the study's record true to what Tune did (ARCHITECTURE.md, "Optuna's record").
+
+    - intermediate values are reported per ``epoch`` (stable across retries), and results lacking the objective
+      (final-only probes) are skipped;
+    - a trial the scheduler stopped early (its last result lacks ``finished``) is told PRUNED, its last value
+      reported first, so it is not ranked beside full runs; an errored trial is FAIL with the first line naming the
+      error as user attribute ``csweep_error``; a finished one is COMPLETE;
+    - each Optuna trial carries ``tune_trial_id`` and ``tune_trial_dir`` (local storage) as user attributes.
+    """
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    State = optuna.trial.TrialState
+
+    class StudySearch(OptunaSearch):
+        def __init__(self, *args, experiment_path: str, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._experiment_path = experiment_path
+
+        def suggest(self, trial_id: str):
+            config = super().suggest(trial_id)
+            if trial_id in self._ot_trials:
+                self._ot_trials[trial_id].set_user_attr("tune_trial_id", trial_id)
+            return config
+
+        def _trial_dir(self, trial_id: str) -> Path | None:
+            root = Path(self._experiment_path.removeprefix("file://"))
+            if "://" in str(root) or not root.is_dir():
+                return None
+            return next(iter(sorted(root.glob(f"trial_driver_{trial_id}_*"))), None)
+
+        def _note_dir(self, trial_id: str) -> Path | None:
+            ot_trial = self._ot_trials[trial_id]
+            path = self._trial_dir(trial_id)
+            if path is not None and getattr(ot_trial, "_csweep_dir", None) != str(path):
+                ot_trial.set_user_attr("tune_trial_dir", str(path))
+                ot_trial._csweep_dir = str(path)
+            return path
+
+        def on_trial_result(self, trial_id: str, result: dict) -> None:
+            if trial_id not in self._ot_trials or trial_id in self._completed_trials:
+                return
+            self._note_dir(trial_id)
+            if isinstance(self.metric, str) and self.metric in result:
+                self._report(trial_id, result)
+
+        def _report(self, trial_id: str, result: dict) -> None:
+            step = int(result.get("epoch", result.get("training_iteration", 0)))
+            ot_trial = self._ot_trials[trial_id]
+            if step not in self._ot_study._storage.get_trial(ot_trial._trial_id).intermediate_values:
+                ot_trial.report(float(result[self.metric]), step)
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            if trial_id not in self._ot_trials or trial_id in self._completed_trials:
+                return super().on_trial_complete(trial_id, result, error)
+            ot_trial = self._ot_trials[trial_id]
+            path = self._note_dir(trial_id)
+            if error:
+                reason = _error_line(path)
+                if reason:
+                    ot_trial.set_user_attr("csweep_error", reason)
+                state = State.FAIL
+            elif result and "epoch" in result and not result.get("finished"):
+                if isinstance(self.metric, str) and self.metric in result:
+                    self._report(trial_id, result)
+                state = State.PRUNED
+            else:
+                return super().on_trial_complete(trial_id, result, error)
+            self._ot_study.tell(ot_trial, state=state)
+            self._completed_trials.add(trial_id)
+
+    return StudySearch
+
+
+def _error_line(trial_dir: Path | None) -> str | None:
+    """The line of a Tune trial's ``error.txt`` that names the error (its last ``SomethingError: ...`` line)."""
+    if trial_dir is None or not (trial_dir / "error.txt").is_file():
+        return None
+    lines = [x.strip() for x in (trial_dir / "error.txt").read_text(errors="replace").splitlines() if x.strip()]
+    named = [x for x in lines if re.match(r"^[\w.]+(Error|Exception)\b", x)]
+    return (named or lines or [None])[-1]
 
 
 def _point_valid(point: Mapping[str, Any], cfg: SweepConfig) -> bool:

@@ -136,6 +136,17 @@ def test_quickstart_sweep_matches_study_stops_early_and_logs_tensorboard(tmp_pat
     last_epochs = [t["results"][-1]["epoch"] for t in trials]
     assert min(last_epochs) < 4, f"ASHA stopped no trial early: {last_epochs}"
     assert max(last_epochs) == 4
+    # Optuna's record matches Tune's: stopped trials PRUNED with their last value, finished ones COMPLETE
+    by_tune_id = {t.user_attrs["tune_trial_id"]: t for t in study.trials}
+    for t in trials:
+        ot = by_tune_id[t["results"][-1]["trial_id"]]
+        assert ot.user_attrs["tune_trial_dir"] == str(t["dir"])
+        last = t["results"][-1]
+        if last.get("finished"):
+            assert ot.state == optuna.trial.TrialState.COMPLETE and ot.value == last["knn_top1"], ot
+        else:
+            assert ot.state == optuna.trial.TrialState.PRUNED, ot
+            assert ot.intermediate_values[last["epoch"]] == last["knn_top1"] == ot.value
     finished = [t for t in trials if t["results"][-1]["epoch"] == 4]
     assert all(0 <= t["results"][-1]["linear_top1"] <= 1 for t in finished)
     assert all(list(t["dir"].glob("events.out.tfevents*")) for t in trials), "TensorBoard files missing"
