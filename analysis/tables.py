@@ -135,6 +135,9 @@ def _load_study(cfg):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = cfg.study_url
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        return None  # reading must not create an empty study file
     try:
         return optuna.load_study(study_name=cfg.name, storage=cfg.study_url)
     except Exception:  # no study yet (crashed before the first ask) or storage not reachable from here
@@ -358,12 +361,13 @@ def _pareto(study, cfg) -> pd.DataFrame:
 # Writing
 
 
-def write_tables(paths: Iterable[str | os.PathLike], out: str | os.PathLike) -> list[SweepTables]:
-    """Build every sweep's tables and write them under ``out`` (partitioned by sweep). Returns the tables."""
+def write_tables(paths: Iterable[str | os.PathLike | SweepTables], out: str | os.PathLike) -> list[SweepTables]:
+    """Build every sweep's tables (or take them as built) and write them under ``out`` (partitioned by sweep).
+    Returns the tables."""
     out = Path(out)
     written = []
     for path in paths:
-        tables = build_tables(path)
+        tables = path if isinstance(path, SweepTables) else build_tables(path)
         for name in TABLES:
             df = getattr(tables, name)
             if "sweep" in df:

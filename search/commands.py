@@ -261,15 +261,19 @@ def cmd_spaces(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_tables(args: argparse.Namespace):
-    from analysis.tables import write_tables
-
+def _sweep_paths(args: argparse.Namespace) -> list[str]:
     _check_out_dir(args.out)
     paths = [_experiment_path(n, args.storage_path) for n in args.names]
     for p in paths:
         if not (Path(p) / SWEEP_FILE).exists():
             raise UsageError(f"`name`: no sweep at {p} (missing {SWEEP_FILE})")
-    return write_tables(paths, args.out)
+    return paths
+
+
+def _write_tables(args: argparse.Namespace):
+    from analysis.tables import write_tables
+
+    return write_tables(_sweep_paths(args), args.out)
 
 
 def _check_out_dir(out: str) -> None:
@@ -319,9 +323,10 @@ def cmd_ablation(args: argparse.Namespace) -> int:
     from analysis import ablation, format_ablation
     from analysis.columns import write_parquet
     from analysis.plots import ablation_heatmap
+    from analysis.tables import build_tables, write_tables
 
-    written = _write_tables(args)
-    trials = pd.concat([t.trials for t in written], ignore_index=True)
+    built = [build_tables(p) for p in _sweep_paths(args)]
+    trials = pd.concat([t.trials for t in built], ignore_index=True)
     rows, cols = args.rows.split(","), args.cols.split(",")
     try:
         pivot = ablation(
@@ -333,6 +338,7 @@ def cmd_ablation(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from e
     if pivot.empty:
         raise UsageError(f"`metric`: no {'' if args.all_statuses else COMPLETED + ' '}trial reports {args.metric!r}")
+    write_tables(built, args.out)
     print(format_ablation(pivot).to_string())
     stem = f"ablation_{'-'.join(rows)}_x_{'-'.join(cols)}_{args.metric}"
     out = Path(args.out)

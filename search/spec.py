@@ -224,6 +224,14 @@ def read_sweep_file(experiment_path: str) -> SweepConfig:
     fs, path = pyarrow.fs.FileSystem.from_uri(uri)
     try:
         with fs.open_input_stream(f"{path}/{SWEEP_FILE}") as f:
-            return SweepConfig.from_json(f.read().decode())
+            text = f.read().decode(errors="replace")
     except (FileNotFoundError, OSError) as e:
         raise ConfigError(f"`name`: no sweep at {experiment_path} (missing {SWEEP_FILE})") from e
+    try:
+        return SweepConfig.from_json(text)
+    except ConfigError as e:
+        raise ConfigError(f"`name`: {experiment_path}/{SWEEP_FILE} holds an invalid sweep: {e}") from e
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        reason = f"{type(e).__name__}: {e}".splitlines()[0]
+        raise ConfigError(f"`name`: {experiment_path}/{SWEEP_FILE} cannot be read as a sweep of this csweep version "
+                          f"({reason}); nothing was changed") from e
