@@ -221,3 +221,67 @@ def test_sigkilled_driver_resumes_to_exactly_n_trials(tmp_path):
     counted = [t for t in study.trials if not t.user_attrs.get("csweep_orphaned")]
     assert len(counted) == 5
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in counted)
+
+
+def test_study_record_marks_stopped_trials_pruned_and_errors_failed_with_their_reason(tmp_path):
+    """The searcher's side of Optuna's record, driven by hand (no Ray): stopped -> PRUNED with its last value,
+    errored -> FAIL with the error line, finished -> COMPLETE; each carries its Tune trial id and directory."""
+    from search.sweep import _study_search_class
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'study.db'}")
+    search = _study_search_class()(
+        experiment_path=str(tmp_path), space=_lr_space, metric="knn_top1", mode="max", study_name="rec",
+        storage=storage, sampler=optuna.samplers.RandomSampler(seed=0))
+    for tid in ("stop", "boom", "done"):
+        search.suggest(tid)
+        (tmp_path / f"trial_driver_{tid}_00000").mkdir()
+        search.on_trial_result(tid, {"epoch": 1, "training_iteration": 1, "knn_top1": 0.25})
+    search.on_trial_result("stop", {"epoch": 2, "training_iteration": 2, "knn_top1": 0.5})
+    search.on_trial_complete("stop", {"epoch": 2, "knn_top1": 0.5, "finished": False})
+    (tmp_path / "trial_driver_boom_00000" / "error.txt").write_text(
+        "Failure # 1\nTraceback (most recent call last):\n  File x\nFloatingPointError: loss is nan at epoch 1, "
+        "step 4: the trial diverged (lower lr or temperature, or turn AMP off)\n")
+    search.on_trial_complete("boom", None, error=True)
+    search.on_trial_complete("done", {"epoch": 3, "knn_top1": 0.75, "finished": True})
+    trials = {t.user_attrs["tune_trial_id"]: t for t in optuna.load_study(study_name="rec", storage=storage).trials}
+    State = optuna.trial.TrialState
+    assert trials["stop"].state == State.PRUNED and trials["stop"].value == 0.5
+    assert trials["stop"].intermediate_values == {1: 0.25, 2: 0.5}
+    assert trials["boom"].state == State.FAIL
+    assert trials["boom"].user_attrs["csweep_error"].startswith("FloatingPointError: loss is nan at epoch 1, step 4")
+    assert trials["done"].state == State.COMPLETE and trials["done"].value == 0.75
+    assert all(t.user_attrs["tune_trial_dir"] == str(tmp_path / f"trial_driver_{k}_00000") for k, t in trials.items())
+
+
+def _lr_space(trial):
+    trial.suggest_float("lr", 0.01, 1.0, log=True)
+
+
+DIVERGING_SPACE = '''
+FIXED = {"method": "supcon", "epochs": 2, "probe_epochs": 2, "width": 0.125, "batch_size": 128}
+POINTS_TO_EVALUATE = [{"lr": 1e12}, {"lr": 0.1}]
+TRIALS = 2
+
+
+def space(trial, fixed):
+    trial.suggest_categorical("lr", [1e12, 0.1])
+'''
+
+
+@pytest.mark.slow
+def test_diverging_trial_fails_with_its_step_and_the_sweep_goes_on(tmp_path):
+    (tmp_path / "diverge.py").write_text(DIVERGING_SPACE)
+    proc = run_cli("run", str(tmp_path / "diverge.py"), "--name", "dv", "--scheduler", "fifo", "--sampler", "random",
+                   "--max-failures", "0", "--storage-path", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    study = _study(tmp_path / "out", "dv")
+    by_lr = {t.params["lr"]: t for t in study.trials}
+    assert by_lr[1e12].state == optuna.trial.TrialState.FAIL
+    assert "diverged" in by_lr[1e12].user_attrs["csweep_error"] and "step" in by_lr[1e12].user_attrs["csweep_error"]
+    assert by_lr[0.1].state == optuna.trial.TrialState.COMPLETE
+    from analysis import build_tables
+
+    trials = build_tables(tmp_path / "out" / "dv").trials
+    row = trials[trials["lr"] == 1e12].iloc[0]
+    assert row["status"] == "diverged" and "step" in row["error"], row.to_dict()
+    assert (trials["status"].astype(str) == "completed").sum() == 1
