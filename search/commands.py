@@ -76,7 +76,14 @@ def _check_resumable(spec, run_dir: Path) -> None:
     checkpoints = sorted(run_dir.glob("checkpoint_epoch_*")) if run_dir.is_dir() else []
     if not checkpoints:
         return
-    changed = changed_fields(read_checkpoint(checkpoints[-1])["spec"], spec)
+    try:
+        saved = read_checkpoint(checkpoints[-1])["spec"]
+    except Exception as e:  # truncated or foreign file: refuse rather than train over it
+        reason = f"{type(e).__name__}: {e}".splitlines()[0]
+        raise UsageError(f"`name`: run {run_dir.name!r} has a checkpoint that cannot be read ({checkpoints[-1]}: "
+                         f"{reason}); it was left as is: remove it to resume from the one before, or pick another "
+                         "--name") from e
+    changed = changed_fields(saved, spec)
     if changed:
         raise UsageError(f"`name`: run {run_dir.name!r} exists with other values of {', '.join(changed)}; "
                          "rerun with the same settings to resume it, or pick another --name")

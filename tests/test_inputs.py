@@ -235,3 +235,36 @@ def test_space_fixed_and_points_take_numbers_as_text(tmp_path):
     space = load_space(str(path))
     assert space.fixed == {"method": "supcon", "lr": 1e-3, "epochs": 4}
     assert space.points_to_evaluate == [{"temperature": 0.05}]
+
+
+def test_truncated_checkpoint_is_one_line_and_left_alone(tmp_path, capsys):
+    import ray
+
+    ckpt = tmp_path / "run1" / "checkpoint_epoch_00001"
+    ckpt.mkdir(parents=True)
+    (ckpt / "state.pt").write_bytes(b"PK\x03\x04 truncated")
+    assert main(["train", "supcon", "--name", "run1", "--storage-path", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "`name`: run 'run1' has a checkpoint that cannot be read" in err and len(err.splitlines()) == 1, err
+    assert (ckpt / "state.pt").read_bytes() == b"PK\x03\x04 truncated"
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["checkpoint_epoch_00001", "run1", "state.pt"]
+    assert not ray.is_initialized()
+
+
+def test_locked_study_storage_is_one_line(tmp_path, capsys):
+    import sqlite3
+
+    db = tmp_path / "locked.db"
+    holder = sqlite3.connect(db, timeout=0.1)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        start = time.monotonic()
+        code = main(["run", "supcon", "--study-storage", f"sqlite:///{db}", "--storage-path", str(tmp_path / "s")])
+        assert time.monotonic() - start < 30
+    finally:
+        holder.rollback()
+        holder.close()
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "`study_storage`" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "s").exists()
