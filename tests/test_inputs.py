@@ -98,7 +98,6 @@ BAD = [
      "`metric` must be a numeric column, but got metric='backbone'"),
     (["ablation", "{sweep}", "--rows", "nope", "--cols", "dataset"], "columns ['nope'] are not in the table"),
 ]
-NO_STORAGE = ("tables", "ablation", "status")  # commands without --address or experiment storage of their own
 
 
 def _bad_cifar(root: Path) -> Path:
