@@ -217,6 +217,12 @@ def _fit_and_report(cfg, make_tuner) -> int:
     print_leaderboard(cfg, [result_row(r) for r in results])
     if len(cfg.objective) > 1:
         print_pareto(cfg)
+    planned = cfg.trials * cfg.repeats
+    ended = results.num_terminated + results.num_errors
+    if ended < planned:  # Tune returns early on SIGINT (Ctrl-C), having saved the experiment state
+        print(f"csweep: sweep {cfg.name} interrupted with {ended} of {planned} trial(s) ended; its {orphans} running "
+              f"Optuna trial(s) are marked FAIL until `csweep resume {cfg.name}` continues them", file=sys.stderr)
+        return 130
     if orphans:
         print(f"csweep: marked {orphans} Optuna trial(s) left RUNNING by an earlier crash as FAIL", file=sys.stderr)
     return 0 if any(r.error is None for r in results) else 1

@@ -334,8 +334,27 @@ def _study_search_class():
                 return None
             return next(iter(sorted(root.glob(f"trial_driver_{trial_id}_*"))), None)
 
-        def _note_dir(self, trial_id: str) -> Path | None:
+        def _live(self, trial_id: str):
+            """The Optuna trial of ``trial_id``, still open: one that an interrupted driver marked FAIL
+            (``fail_orphaned_study_trials``) and that a resumed sweep now continues gets a RUNNING copy (params,
+            intermediate values, user attributes, ``csweep_resumed_from``); the old record stays FAIL, orphaned."""
             ot_trial = self._ot_trials[trial_id]
+            storage = self._ot_study._storage
+            old = storage.get_trial(ot_trial._trial_id)
+            if not old.state.is_finished():
+                return ot_trial
+            attrs = {k: v for k, v in old.user_attrs.items() if k != "csweep_orphaned"}
+            copy = optuna.trial.create_trial(
+                state=State.RUNNING, params=old.params, distributions=old.distributions,
+                intermediate_values=old.intermediate_values,
+                user_attrs={**attrs, "csweep_resumed_from": old.number})
+            self._ot_study.add_trial(copy)
+            new_id = max(t._trial_id for t in self._ot_study.get_trials(deepcopy=False))
+            self._ot_trials[trial_id] = optuna.Trial(self._ot_study, new_id)
+            return self._ot_trials[trial_id]
+
+        def _note_dir(self, trial_id: str) -> Path | None:
+            ot_trial = self._live(trial_id)
             path = self._trial_dir(trial_id)
             if path is not None and getattr(ot_trial, "_csweep_dir", None) != str(path):
                 ot_trial.set_user_attr("tune_trial_dir", str(path))
@@ -351,15 +370,15 @@ def _study_search_class():
 
         def _report(self, trial_id: str, result: dict) -> None:
             step = int(result.get("epoch", result.get("training_iteration", 0)))
-            ot_trial = self._ot_trials[trial_id]
+            ot_trial = self._live(trial_id)
             if step not in self._ot_study._storage.get_trial(ot_trial._trial_id).intermediate_values:
                 ot_trial.report(float(result[self.metric]), step)
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
             if trial_id not in self._ot_trials or trial_id in self._completed_trials:
                 return super().on_trial_complete(trial_id, result, error)
-            ot_trial = self._ot_trials[trial_id]
             path = self._note_dir(trial_id)
+            ot_trial = self._live(trial_id)
             if error:
                 reason = _error_line(path)
                 if reason:

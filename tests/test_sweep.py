@@ -285,3 +285,69 @@ def test_diverging_trial_fails_with_its_step_and_the_sweep_goes_on(tmp_path):
     row = trials[trials["lr"] == 1e12].iloc[0]
     assert row["status"] == "diverged" and "step" in row["error"], row.to_dict()
     assert (trials["status"].astype(str) == "completed").sum() == 1
+
+
+def test_trial_marked_failed_by_an_interrupt_is_continued_as_a_copy_on_resume(tmp_path):
+    """Ctrl-C marks the running Optuna trials FAIL (orphaned); when the resumed sweep finishes one, its record
+    continues as a RUNNING copy that is then told normally, so the study counts exactly the planned trials."""
+    from search.spec import SweepConfig
+    from search.sweep import _study_search_class, fail_orphaned_study_trials
+
+    cfg = SweepConfig(name="int", space="quickstart", storage_path=str(tmp_path))
+    (tmp_path / "int").mkdir()
+    search = _study_search_class()(
+        experiment_path=cfg.experiment_path, space=_lr_space, metric="knn_top1", mode="max", study_name="int",
+        storage=optuna.storages.RDBStorage(cfg.study_url), sampler=optuna.samplers.RandomSampler(seed=0))
+    search.suggest("t1")
+    search.on_trial_result("t1", {"epoch": 1, "knn_top1": 0.25})
+    assert fail_orphaned_study_trials(cfg) == 1  # what `csweep run` does after Tune returns on SIGINT
+    search.on_trial_result("t1", {"epoch": 2, "knn_top1": 0.5})
+    search.on_trial_complete("t1", {"epoch": 3, "knn_top1": 0.75, "finished": True})
+    old, new = _study(tmp_path, "int").trials
+    assert old.state == optuna.trial.TrialState.FAIL and old.user_attrs["csweep_orphaned"]
+    assert new.state == optuna.trial.TrialState.COMPLETE and new.value == 0.75 and new.params == old.params
+    assert new.intermediate_values == {1: 0.25, 2: 0.5} and new.user_attrs["csweep_resumed_from"] == old.number
+    assert new.user_attrs["tune_trial_id"] == "t1" and "csweep_orphaned" not in new.user_attrs
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_sweep_and_resume_finishes_exactly_n_trials(tmp_path):
+    args = [sys.executable, "-m", "search.cli", "run", "quickstart", "--trials", "4", "--concurrency", "1",
+            "--scheduler", "fifo", "--name", "intr", "--storage-path", str(tmp_path), *QUICK]
+    ray_tmp = f"/tmp/csi{os.getpid()}"
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, env={**os.environ, "RAY_TMPDIR": ray_tmp})
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            time.sleep(1.0)
+            assert proc.poll() is None, "the sweep ended before it could be interrupted"
+            try:
+                states = [t.state for t in _study(tmp_path, "intr").trials]
+            except Exception:
+                continue
+            if states.count(optuna.trial.TrialState.COMPLETE) >= 1:
+                break
+        else:
+            pytest.fail("no trial completed in time")
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        sent = time.time()
+        _, err = proc.communicate(timeout=60)
+        assert time.time() - sent < 60
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        kill_processes_with_env("RAY_TMPDIR", ray_tmp)
+    assert proc.returncode == 130, err[-3000:]
+    assert "interrupted" in err and "csweep resume intr" in err
+    study = _study(tmp_path, "intr")
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+
+    resumed = run_cli("resume", "intr", "--storage-path", str(tmp_path))
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    trials = _tune_trials(tmp_path / "intr", known_only=True)
+    assert len(trials) == 4 and all(t["results"][-1].get("finished") for t in trials)
+    counted = [t for t in _study(tmp_path, "intr").trials if not t.user_attrs.get("csweep_orphaned")]
+    assert len(counted) == 4 and all(t.state == optuna.trial.TrialState.COMPLETE for t in counted)
+    assert sorted(t.user_attrs["tune_trial_id"] for t in counted) == sorted(t["results"][-1]["trial_id"]
+                                                                             for t in trials)
