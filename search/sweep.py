@@ -452,6 +452,9 @@ def restore_tuner(cfg: SweepConfig, *, callbacks: list | None = None):
     """Tuner.restore for a sweep whose driver died: unfinished and errored trials resume from their checkpoints."""
     from ray import tune
 
+    from spaces import load_space
+
+    load_space(cfg.space)  # a user's space file: its module must be importable to unpickle the searcher
     return tune.Tuner.restore(
         cfg.experiment_path,
         trainable=_trainable(cfg),
