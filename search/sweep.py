@@ -334,6 +334,19 @@ def _study_search_class():
                 return None
             return next(iter(sorted(root.glob(f"trial_driver_{trial_id}_*"))), None)
 
+        def _staged_dir(self, trial_id: str) -> Path | None:
+            """The trial's directory in Ray's driver staging area, where Tune writes ``error.txt`` first (it
+            reaches the storage path at the next experiment sync)."""
+            try:
+                import ray._private.worker
+
+                session = Path(ray._private.worker._global_node.get_session_dir_path())
+            except Exception:  # no local Ray node (tests driving the searcher by hand)
+                return None
+            name = Path(self._experiment_path.rstrip("/")).name
+            found = sorted(session.glob(f"artifacts/*/{name}/driver_artifacts/trial_driver_{trial_id}_*"))
+            return found[-1] if found else None
+
         def _live(self, trial_id: str):
             """The Optuna trial of ``trial_id``, still open: one that an interrupted driver marked FAIL
             (``fail_orphaned_study_trials``) and that a resumed sweep now continues gets a RUNNING copy (params,
@@ -380,7 +393,7 @@ def _study_search_class():
             path = self._note_dir(trial_id)
             ot_trial = self._live(trial_id)
             if error:
-                reason = _error_line(path)
+                reason = _error_line(path) or _error_line(self._staged_dir(trial_id))
                 if reason:
                     ot_trial.set_user_attr("csweep_error", reason)
                 state = State.FAIL
