@@ -61,6 +61,8 @@ def ablation(
     missing = [c for c in [*rows, *cols, metric] if c not in df.columns]
     if missing:
         raise KeyError(f"columns {missing} are not in the table; it has {sorted(df.columns)}")
+    if not pd.api.types.is_numeric_dtype(df[metric]) or pd.api.types.is_bool_dtype(df[metric]):
+        raise ValueError(f"`metric` must be a numeric column, but got metric={metric!r} (of type {df[metric].dtype})")
     data = df if statuses is None else df[df["status"].astype(str).isin(statuses)]
     data = data.dropna(subset=[metric])
     keys = [*rows, *cols]

@@ -77,7 +77,7 @@ LEADERBOARD_COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("method", DICT, "method"),
     ("metric", pa.string(), "ranking metric (the sweep's first objective)"),
     ("mode", pa.string(), "max or min"),
-    ("best_trial_id", pa.string(), "trial of the best configuration (its first seed)"),
+    ("best_trial_id", pa.string(), "trial of the best configuration among completed trials (its first seed)"),
     ("best_config", pa.string(), "the best configuration's sampled settings, as JSON"),
     ("best_value", pa.float64(), "its metric (mean over seeds)"),
     ("best_std", pa.float64(), "std over seeds (null with one seed)"),

@@ -120,18 +120,30 @@ def _status(t: TrialFiles) -> str:
 
 
 def _optuna_numbers(study, trials: list[TrialFiles], sweep_objective: list[str]) -> dict[str, int]:
-    """Match each Tune trial to the Optuna trial with the same sampled parameters (repeats share one)."""
+    """Match each Tune trial to its Optuna trial: by the ``tune_trial_id`` user attribute, else by the same sampled
+    parameters (repeats share one)."""
     if study is None:
         return {}
     out = {}
     by_params: dict[str, list[int]] = {}
+    by_id = {ot.user_attrs["tune_trial_id"]: ot.number for ot in study.get_trials(deepcopy=False)
+             if "tune_trial_id" in ot.user_attrs}
+    used = set(by_id.values())
     for ot in study.get_trials(deepcopy=False):
         by_params.setdefault(json.dumps(ot.params, sort_keys=True, default=str), []).append(ot.number)
     for t in trials:
+        if t.trial_id in by_id:  # recorded by the searcher (search/sweep.py)
+            out[t.trial_id] = by_id[t.trial_id]
+            continue
         params = {k: v for k, v in t.config.items() if not k.startswith("__")}
-        numbers = by_params.get(json.dumps(params, sort_keys=True, default=str))
-        if numbers:
-            out[t.trial_id] = numbers[0] if t.config.get("__trial_index__") is not None else numbers.pop(0)
+        numbers = by_params.get(json.dumps(params, sort_keys=True, default=str)) or []
+        if t.config.get("__trial_index__") is not None and numbers:
+            out[t.trial_id] = numbers[0]
+            continue
+        free = [n for n in numbers if n not in used]
+        if free:
+            out[t.trial_id] = free[0]
+            used.add(free[0])
     return out
 
 
@@ -139,6 +151,9 @@ def _load_study(cfg):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = cfg.study_url
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        return None  # reading must not create an empty study file
     try:
         return optuna.load_study(study_name=cfg.name, storage=cfg.study_url)
     except Exception:  # no study yet (crashed before the first ask) or storage not reachable from here
@@ -272,6 +287,7 @@ def _leaderboard(trials: pd.DataFrame, cfg) -> pd.DataFrame:
         configs = group.groupby(key_cols, dropna=False, observed=True) if key_cols else [((), group)]
         best = None
         for _, g in configs:
+            g = g[g["status"].astype(str) == COMPLETED]  # a stopped trial's early value is not ranked beside full runs
             values = g[metric].dropna().to_numpy(dtype=float)
             if not len(values):
                 continue
@@ -375,12 +391,13 @@ def _pareto(study, cfg) -> pd.DataFrame:
 # Writing
 
 
-def write_tables(paths: Iterable[str | os.PathLike], out: str | os.PathLike) -> list[SweepTables]:
-    """Build every sweep's tables and write them under ``out`` (partitioned by sweep). Returns the tables."""
+def write_tables(paths: Iterable[str | os.PathLike | SweepTables], out: str | os.PathLike) -> list[SweepTables]:
+    """Build every sweep's tables (or take them as built) and write them under ``out`` (partitioned by sweep).
+    Returns the tables."""
     out = Path(out)
     written = []
     for path in paths:
-        tables = build_tables(path)
+        tables = path if isinstance(path, SweepTables) else build_tables(path)
         for name in TABLES:
             df = getattr(tables, name)
             if "sweep" in df:

@@ -69,7 +69,8 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="any setting below; values are YAML/JSON literals (temperature=0.1, mean=[0.5,0.5,0.5])",
+        help="any setting below; values are YAML/JSON literals (temperature=0.1, lr=1e-3, mean=[0.5,0.5,0.5]); "
+        "a setting given both here and as a flag (--epochs, --dataset, --data-dir) is refused",
     )
 
 

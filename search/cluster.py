@@ -120,7 +120,7 @@ class ClusterResources:
 
     def describe(self) -> str:
         parts = [
-            ", ".join(f"{v:g} {k}" for k, v in sorted(n.items()) if k in ("CPU", "GPU") or k == DRIVER_RESOURCE)
+            ", ".join(f"{v:g} {k}" for k, v in sorted(n.items()) if k in ("CPU", "GPU"))
             for n in self.nodes
         ]
         return f"{len(self.nodes)} node(s): " + "; ".join(f"[{p}]" for p in parts)
@@ -149,7 +149,7 @@ def check_feasible(need: TrialResources, cluster: ClusterResources, *, autoscali
         )
 
 
-def check_reachable(address: str, *, timeout_s: float = 5.0) -> None:
+def check_reachable(address: str, *, timeout_s: float = 4.0) -> None:
     """Fail fast with ConfigError when a ``host:port`` address has nothing listening (Ray itself retries for
     minutes). ``auto``, ``ray://`` and ``http(s)://`` addresses are left to Ray."""
     import socket
@@ -158,11 +158,23 @@ def check_reachable(address: str, *, timeout_s: float = 5.0) -> None:
         return
     host, _, port = address.rpartition(":")
     try:
-        with socket.create_connection((host, int(port)), timeout=timeout_s):
-            return
+        conn = socket.create_connection((host, int(port)), timeout=timeout_s)
     except (OSError, ValueError) as e:
         raise ConfigError(f"`address` {address!r} cannot be reached ({e}); is a Ray head running there "
                           "(`ray start --head`, `ray up cluster.yaml`)?") from e
+    with conn:  # Ray's GCS speaks gRPC: an HTTP/2 preface gets a reply at once; a host that says nothing would hang
+        try:
+            conn.sendall(_HTTP2_PREFACE)
+            conn.recv(9)
+        except TimeoutError as e:
+            raise ConfigError(f"`address` {address!r} accepts connections but did not answer within {timeout_s:g} s; "
+                              "is it a Ray head's GCS port (6379 by default)?") from e
+        except OSError:  # closed or reset: not silent, let Ray report what it is
+            return
+
+
+#: An HTTP/2 client connection preface followed by an empty SETTINGS frame.
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
 
 
 def init_ray(

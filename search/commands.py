@@ -49,11 +49,19 @@ class UsageError(Exception):
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
-    settings = parse_overrides(args.overrides)
+    """``--set`` values plus ``--dataset``/``--data-dir``/``--epochs``, typed by their fields; a key given both ways
+    is refused (one source per setting)."""
+    from trainables.trial import typed_settings
+
+    settings = typed_settings(parse_overrides(args.overrides))
     for flag, key in (("dataset", "dataset"), ("data_dir", "data_dir"), ("epochs", "epochs")):
         value = getattr(args, flag, None)
-        if value is not None:
-            settings[key] = value
+        if value is None:
+            continue
+        if key in settings:
+            raise UsageError(f"`{key}` is given twice, as --{flag.replace('_', '-')} {value} and as --set "
+                             f"{key}={settings[key]}; give it once")
+        settings[key] = value
     return settings
 
 
@@ -72,7 +80,14 @@ def _check_resumable(spec, run_dir: Path) -> None:
     checkpoints = sorted(run_dir.glob("checkpoint_epoch_*")) if run_dir.is_dir() else []
     if not checkpoints:
         return
-    changed = changed_fields(read_checkpoint(checkpoints[-1])["spec"], spec)
+    try:
+        saved = read_checkpoint(checkpoints[-1])["spec"]
+    except Exception as e:  # truncated or foreign file: refuse rather than train over it
+        reason = f"{type(e).__name__}: {e}".splitlines()[0]
+        raise UsageError(f"`name`: run {run_dir.name!r} has a checkpoint that cannot be read ({checkpoints[-1]}: "
+                         f"{reason}); it was left as is: remove it to resume from the one before, or pick another "
+                         "--name") from e
+    changed = changed_fields(saved, spec)
     if changed:
         raise UsageError(f"`name`: run {run_dir.name!r} exists with other values of {', '.join(changed)}; "
                          "rerun with the same settings to resume it, or pick another --name")
@@ -145,6 +160,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from search.spec import SweepConfig, parse_objective, write_sweep_file
     from search.sweep import build_tuner, capacity, validate_sweep
     from spaces import load_space
+    from trainables.trial import typed_settings
 
     space = load_space(args.space)
     name = args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -152,7 +168,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         name=name,
         space=args.space,
         storage_path=_storage_path(args.storage_path),
-        fixed={**space.fixed, **_settings(args)},
+        fixed=typed_settings({**space.fixed, **_settings(args)}),
         trials=args.trials if args.trials is not None else space.trials,
         repeats=args.repeats,
         concurrency=args.concurrency,
@@ -210,6 +226,12 @@ def _fit_and_report(cfg, make_tuner) -> int:
     print_leaderboard(cfg, [result_row(r) for r in results])
     if len(cfg.objective) > 1:
         print_pareto(cfg)
+    planned = cfg.trials * cfg.repeats
+    ended = results.num_terminated + results.num_errors
+    if ended < planned:  # Tune returns early on SIGINT (Ctrl-C), having saved the experiment state
+        print(f"csweep: sweep {cfg.name} interrupted with {ended} of {planned} trial(s) ended; its {orphans} running "
+              f"Optuna trial(s) are marked FAIL until `csweep resume {cfg.name}` continues them", file=sys.stderr)
+        return 130
     print("\n" + next_steps(cfg))
     if orphans:
         print(f"csweep: marked {orphans} Optuna trial(s) left RUNNING by an earlier crash as FAIL", file=sys.stderr)
@@ -283,6 +305,7 @@ def _sweep_paths(names: list[str], storage: str | None) -> list[str]:
 def _write_tables(args: argparse.Namespace):
     from analysis.tables import write_tables
 
+    _check_out_dir(args.out)
     return write_tables(_sweep_paths(args.names, args.storage_path), args.out)
 
 
@@ -292,6 +315,18 @@ def write_plots(written, out: Path) -> list[Path]:
     from analysis.report import figures
 
     return [save(fig, out / f"{t.sweep}_{stem}.png") for t in written for stem, _, fig in figures(t)]
+
+
+def _check_out_dir(out: str) -> None:
+    """``--out`` must be a directory or creatable as one (no file in the way, writable)."""
+    import os
+
+    path = Path(out).expanduser().absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise UsageError(f"`out` must be a directory, but got out={out!r} ({str(existing)!r} is a file)")
+    if not os.access(existing, os.W_OK):
+        raise UsageError(f"`out` must be writable, but got out={out!r} ({str(existing)!r} is not writable)")
 
 
 def cmd_tables(args: argparse.Namespace) -> int:
@@ -310,6 +345,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from analysis.report import write_report
     from analysis.tables import build_tables
 
+    _check_out_dir(args.out)
     sweeps = [build_tables(p) for p in _sweep_paths(args.names, args.storage_path)]
     path = write_report(sweeps, args.out)
     print(f"report: {path} (open it in a browser; figures as PNG and best_config.yaml beside it)")
@@ -343,9 +379,11 @@ def cmd_ablation(args: argparse.Namespace) -> int:
     from analysis import ablation, format_ablation
     from analysis.columns import write_parquet
     from analysis.plots import ablation_heatmap, save
+    from analysis.tables import build_tables, write_tables
 
-    written = _write_tables(args)
-    trials = pd.concat([t.trials for t in written], ignore_index=True)
+    _check_out_dir(args.out)
+    built = [build_tables(p) for p in _sweep_paths(args.names, args.storage_path)]
+    trials = pd.concat([t.trials for t in built], ignore_index=True)
     rows, cols = args.rows.split(","), args.cols.split(",")
     try:
         pivot = ablation(
@@ -354,8 +392,11 @@ def cmd_ablation(args: argparse.Namespace) -> int:
         )
     except KeyError as e:
         raise UsageError(f"`rows`/`cols`/`metric`: {e.args[0]}") from e
+    except ValueError as e:
+        raise UsageError(str(e)) from e
     if pivot.empty:
         raise UsageError(f"`metric`: no {'' if args.all_statuses else COMPLETED + ' '}trial reports {args.metric!r}")
+    write_tables(built, args.out)
     print(format_ablation(pivot).to_string())
     stem = f"ablation_{'-'.join(rows)}_x_{'-'.join(cols)}_{args.metric}"
     out = Path(args.out)

@@ -131,6 +131,13 @@ class SweepConfig:
         check_range("reduction_factor", self.reduction_factor, low=1.0, low_inclusive=False)
         if self.grace_period is not None:
             check_range("grace_period", self.grace_period, low=1)
+            epochs = self.fixed.get("epochs", TrainConfig().epochs)
+            if isinstance(epochs, int) and self.grace_period > epochs:
+                raise ConfigError(f"`grace_period <= epochs` must hold, but got grace_period={self.grace_period}, "
+                                  f"epochs={epochs}")
+        if self.executor == "inline" and self.workers > 1:
+            raise ConfigError(f"`executor=inline` runs one worker per trial, but got executor=inline, "
+                              f"workers={self.workers}; use --executor train (or auto) for several workers")
         check_range("max_failures", self.max_failures, low=0)
         if not self.name or "/" in self.name:
             raise ConfigError(f"`name` must be a non-empty name without '/', but got name={self.name!r}")
@@ -217,6 +224,14 @@ def read_sweep_file(experiment_path: str) -> SweepConfig:
     fs, path = pyarrow.fs.FileSystem.from_uri(uri)
     try:
         with fs.open_input_stream(f"{path}/{SWEEP_FILE}") as f:
-            return SweepConfig.from_json(f.read().decode())
+            text = f.read().decode(errors="replace")
     except (FileNotFoundError, OSError) as e:
         raise ConfigError(f"`name`: no sweep at {experiment_path} (missing {SWEEP_FILE})") from e
+    try:
+        return SweepConfig.from_json(text)
+    except ConfigError as e:
+        raise ConfigError(f"`name`: {experiment_path}/{SWEEP_FILE} holds an invalid sweep: {e}") from e
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        reason = f"{type(e).__name__}: {e}".splitlines()[0]
+        raise ConfigError(f"`name`: {experiment_path}/{SWEEP_FILE} cannot be read as a sweep of this csweep version "
+                          f"({reason}); nothing was changed") from e

@@ -13,6 +13,8 @@ import dataclasses
 import functools
 import json
 import math
+import os
+import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -166,12 +168,7 @@ def validate_sweep(
         reported.setdefault(method, set()).update(_reported(spec))
         study.tell(trial, 0.0)
     _check_objective_reported(cfg, reported)
-    _make_default_study_dir(cfg)
-    try:
-        optuna.storages.RDBStorage(cfg.study_url)
-    except Exception as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ConfigError(f"`study_storage` {cfg.study_url!r} cannot be opened: {reason}") from e
+    _check_fixed_used(cfg, fixed, set(reported))
     if cluster is not None:
         check_feasible(cfg.resources, cluster, autoscaling=autoscaling)
         if cfg.resolved_executor == "train" and not autoscaling and cluster.total(DRIVER_RESOURCE) < 1:
@@ -179,6 +176,44 @@ def validate_sweep(
                 f"`resources`: Train-based trials need the custom resource {DRIVER_RESOURCE!r} on the "
                 f"node that runs trial drivers (see cluster.yaml); the cluster has {cluster.describe()}"
             )
+    _check_study_storage(cfg)
+
+
+def _check_fixed_used(cfg: SweepConfig, fixed: Mapping[str, Any], methods: set[str]) -> None:
+    """A fixed setting that no sampled method has would be dropped from every trial: refuse it."""
+    from trainables.trial import foreign_setting_error
+
+    for key in sorted(fixed):
+        errors = [foreign_setting_error(key, m) for m in sorted(methods)]
+        if methods and all(errors):
+            raise ConfigError(f"{errors[0]}; space {cfg.space!r} samples only {', '.join(sorted(methods))}")
+
+
+def _check_study_storage(cfg: SweepConfig) -> None:
+    """The study storage can be opened, creating nothing: the default SQLite file's directory must be creatable
+    (the file itself is made when the sweep starts); a URL the user gave is opened."""
+    if cfg.study_storage is None and cfg.study_url.startswith("sqlite:///"):
+        path = Path(cfg.study_url.removeprefix("sqlite:///"))
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        if existing == path and not path.is_file() or existing != path and not existing.is_dir():
+            raise ConfigError(f"`storage_path`: the study file {str(path)!r} cannot be created "
+                              f"({str(existing)!r} is in the way)")
+        if not os.access(existing if existing.is_dir() else existing.parent, os.W_OK):
+            raise ConfigError(f"`storage_path`: {str(existing)!r} is not writable")
+        if path.is_file():
+            _open_storage(cfg)
+        return
+    _open_storage(cfg)
+
+
+def _open_storage(cfg: SweepConfig) -> None:
+    import optuna
+
+    try:
+        optuna.storages.RDBStorage(cfg.study_url)
+    except Exception as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"`study_storage` {cfg.study_url!r} cannot be opened: {reason}") from e
 
 
 def _reported(spec) -> tuple[str, ...]:
@@ -245,19 +280,12 @@ def _searcher(cfg: SweepConfig, space):
 
     import optuna
     from ray.tune.search import Repeater
-    from ray.tune.search.optuna import OptunaSearch
-
-    class _Search(OptunaSearch):
-        """OptunaSearch that ignores intermediate results lacking the objective (final-only probes)."""
-
-        def on_trial_result(self, trial_id: str, result: dict) -> None:
-            if isinstance(self.metric, str) and self.metric in result:
-                super().on_trial_result(trial_id, result)
 
     metrics = [o.metric for o in cfg.objective]
     modes = [o.mode for o in cfg.objective]
     _make_default_study_dir(cfg)
-    searcher = _Search(
+    searcher = _study_search_class()(
+        experiment_path=cfg.experiment_path,
         space=functools.partial(space.space, fixed=dict(cfg.fixed)),
         metric=metrics[0] if len(metrics) == 1 else metrics,
         mode=modes[0] if len(modes) == 1 else modes,
@@ -269,6 +297,123 @@ def _searcher(cfg: SweepConfig, space):
     if cfg.repeats > 1:
         return Repeater(searcher, repeat=cfg.repeats, set_index=True)
     return searcher
+
+
+@functools.cache
+def _study_search_class():
+    """OptunaSearch that keeps the study's record true to what Tune did (ARCHITECTURE.md, "Optuna's record").
+
+    - intermediate values are reported per ``epoch`` (stable across retries), and results lacking the objective
+      (final-only probes) are skipped;
+    - a trial the scheduler stopped early (its last result lacks ``finished``) is told PRUNED, its last value
+      reported first, so it is not ranked beside full runs; an errored trial is FAIL with the first line naming the
+      error as user attribute ``csweep_error``; a finished one is COMPLETE;
+    - each Optuna trial carries ``tune_trial_id`` and ``tune_trial_dir`` (local storage) as user attributes.
+    """
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    State = optuna.trial.TrialState
+
+    class StudySearch(OptunaSearch):
+        def __init__(self, *args, experiment_path: str, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._experiment_path = experiment_path
+
+        def suggest(self, trial_id: str):
+            config = super().suggest(trial_id)
+            if trial_id in self._ot_trials:
+                self._ot_trials[trial_id].set_user_attr("tune_trial_id", trial_id)
+            return config
+
+        def _trial_dir(self, trial_id: str) -> Path | None:
+            root = Path(self._experiment_path.removeprefix("file://"))
+            if "://" in str(root) or not root.is_dir():
+                return None
+            return next(iter(sorted(root.glob(f"trial_driver_{trial_id}_*"))), None)
+
+        def _staged_dir(self, trial_id: str) -> Path | None:
+            """The trial's directory in Ray's driver staging area, where Tune writes ``error.txt`` first (it
+            reaches the storage path at the next experiment sync)."""
+            try:
+                import ray._private.worker
+
+                session = Path(ray._private.worker._global_node.get_session_dir_path())
+            except Exception:  # no local Ray node (tests driving the searcher by hand)
+                return None
+            name = Path(self._experiment_path.rstrip("/")).name
+            found = sorted(session.glob(f"artifacts/*/{name}/driver_artifacts/trial_driver_{trial_id}_*"))
+            return found[-1] if found else None
+
+        def _live(self, trial_id: str):
+            """The Optuna trial of ``trial_id``, still open: one that an interrupted driver marked FAIL
+            (``fail_orphaned_study_trials``) and that a resumed sweep now continues gets a RUNNING copy (params,
+            intermediate values, user attributes, ``csweep_resumed_from``); the old record stays FAIL, orphaned."""
+            ot_trial = self._ot_trials[trial_id]
+            storage = self._ot_study._storage
+            old = storage.get_trial(ot_trial._trial_id)
+            if not old.state.is_finished():
+                return ot_trial
+            attrs = {k: v for k, v in old.user_attrs.items() if k != "csweep_orphaned"}
+            copy = optuna.trial.create_trial(
+                state=State.RUNNING, params=old.params, distributions=old.distributions,
+                intermediate_values=old.intermediate_values,
+                user_attrs={**attrs, "csweep_resumed_from": old.number})
+            self._ot_study.add_trial(copy)
+            new_id = max(t._trial_id for t in self._ot_study.get_trials(deepcopy=False))
+            self._ot_trials[trial_id] = optuna.Trial(self._ot_study, new_id)
+            return self._ot_trials[trial_id]
+
+        def _note_dir(self, trial_id: str) -> Path | None:
+            ot_trial = self._live(trial_id)
+            path = self._trial_dir(trial_id)
+            if path is not None and getattr(ot_trial, "_csweep_dir", None) != str(path):
+                ot_trial.set_user_attr("tune_trial_dir", str(path))
+                ot_trial._csweep_dir = str(path)
+            return path
+
+        def on_trial_result(self, trial_id: str, result: dict) -> None:
+            if trial_id not in self._ot_trials or trial_id in self._completed_trials:
+                return
+            self._note_dir(trial_id)
+            if isinstance(self.metric, str) and self.metric in result:
+                self._report(trial_id, result)
+
+        def _report(self, trial_id: str, result: dict) -> None:
+            step = int(result.get("epoch", result.get("training_iteration", 0)))
+            ot_trial = self._live(trial_id)
+            if step not in self._ot_study._storage.get_trial(ot_trial._trial_id).intermediate_values:
+                ot_trial.report(float(result[self.metric]), step)
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            if trial_id not in self._ot_trials or trial_id in self._completed_trials:
+                return super().on_trial_complete(trial_id, result, error)
+            path = self._note_dir(trial_id)
+            ot_trial = self._live(trial_id)
+            if error:
+                reason = _error_line(path) or _error_line(self._staged_dir(trial_id))
+                if reason:
+                    ot_trial.set_user_attr("csweep_error", reason)
+                state = State.FAIL
+            elif result and "epoch" in result and not result.get("finished"):
+                if isinstance(self.metric, str) and self.metric in result:
+                    self._report(trial_id, result)
+                state = State.PRUNED
+            else:
+                return super().on_trial_complete(trial_id, result, error)
+            self._ot_study.tell(ot_trial, state=state)
+            self._completed_trials.add(trial_id)
+
+    return StudySearch
+
+
+def _error_line(trial_dir: Path | None) -> str | None:
+    """The line of a Tune trial's ``error.txt`` that names the error (its last ``SomethingError: ...`` line)."""
+    if trial_dir is None or not (trial_dir / "error.txt").is_file():
+        return None
+    lines = [x.strip() for x in (trial_dir / "error.txt").read_text(errors="replace").splitlines() if x.strip()]
+    named = [x for x in lines if re.match(r"^[\w.]+(Error|Exception)\b", x)]
+    return (named or lines or [None])[-1]
 
 
 def _point_valid(point: Mapping[str, Any], cfg: SweepConfig) -> bool:
@@ -331,6 +476,9 @@ def restore_tuner(cfg: SweepConfig, *, callbacks: list | None = None):
     """Tuner.restore for a sweep whose driver died: unfinished and errored trials resume from their checkpoints."""
     from ray import tune
 
+    from spaces import load_space
+
+    load_space(cfg.space)  # a user's space file: its module must be importable to unpickle the searcher
     return tune.Tuner.restore(
         cfg.experiment_path,
         trainable=_trainable(cfg),

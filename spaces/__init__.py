@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import pkgutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -33,7 +34,9 @@ class SpaceModule:
 
     @property
     def points_to_evaluate(self) -> list[dict[str, Any]]:
-        return [dict(p) for p in getattr(self.module, "POINTS_TO_EVALUATE", [])]
+        from trainables.trial import typed_settings
+
+        return [typed_settings(p) for p in getattr(self.module, "POINTS_TO_EVALUATE", [])]
 
     @property
     def trials(self) -> int:
@@ -43,7 +46,9 @@ class SpaceModule:
     @property
     def fixed(self) -> dict[str, Any]:
         """Settings the space fixes for every trial (``FIXED``); the user's ``--set`` values override them."""
-        return dict(getattr(self.module, "FIXED", {}))
+        from trainables.trial import typed_settings
+
+        return typed_settings(getattr(self.module, "FIXED", {}))
 
     @property
     def description(self) -> str:
@@ -63,9 +68,11 @@ def load_space(name_or_path: str) -> SpaceModule:
             raise ConfigError(f"`space` file {str(path)!r} does not exist")
         spec = importlib.util.spec_from_file_location(f"csweep_user_space_{path.stem}", path)
         module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # the searcher's saved state refers to space() by module name
         try:
             spec.loader.exec_module(module)
         except Exception as e:  # a broken user file is a usage error, reported in one line
+            del sys.modules[spec.name]
             raise ConfigError(f"`space` file {str(path)!r} failed to import: {type(e).__name__}: {e}") from e
         name = path.stem
     else:

@@ -136,6 +136,17 @@ def test_quickstart_sweep_matches_study_stops_early_and_logs_tensorboard(tmp_pat
     last_epochs = [t["results"][-1]["epoch"] for t in trials]
     assert min(last_epochs) < 4, f"ASHA stopped no trial early: {last_epochs}"
     assert max(last_epochs) == 4
+    # Optuna's record matches Tune's: stopped trials PRUNED with their last value, finished ones COMPLETE
+    by_tune_id = {t.user_attrs["tune_trial_id"]: t for t in study.trials}
+    for t in trials:
+        ot = by_tune_id[t["results"][-1]["trial_id"]]
+        assert ot.user_attrs["tune_trial_dir"] == str(t["dir"])
+        last = t["results"][-1]
+        if last.get("finished"):
+            assert ot.state == optuna.trial.TrialState.COMPLETE and ot.value == last["knn_top1"], ot
+        else:
+            assert ot.state == optuna.trial.TrialState.PRUNED, ot
+            assert ot.intermediate_values[last["epoch"]] == last["knn_top1"] == ot.value
     finished = [t for t in trials if t["results"][-1]["epoch"] == 4]
     assert all(0 <= t["results"][-1]["linear_top1"] <= 1 for t in finished)
     assert all(list(t["dir"].glob("events.out.tfevents*")) for t in trials), "TensorBoard files missing"
@@ -210,3 +221,133 @@ def test_sigkilled_driver_resumes_to_exactly_n_trials(tmp_path):
     counted = [t for t in study.trials if not t.user_attrs.get("csweep_orphaned")]
     assert len(counted) == 5
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in counted)
+
+
+def test_study_record_marks_stopped_trials_pruned_and_errors_failed_with_their_reason(tmp_path):
+    """The searcher's side of Optuna's record, driven by hand (no Ray): stopped -> PRUNED with its last value,
+    errored -> FAIL with the error line, finished -> COMPLETE; each carries its Tune trial id and directory."""
+    from search.sweep import _study_search_class
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'study.db'}")
+    search = _study_search_class()(
+        experiment_path=str(tmp_path), space=_lr_space, metric="knn_top1", mode="max", study_name="rec",
+        storage=storage, sampler=optuna.samplers.RandomSampler(seed=0))
+    for tid in ("stop", "boom", "done"):
+        search.suggest(tid)
+        (tmp_path / f"trial_driver_{tid}_00000").mkdir()
+        search.on_trial_result(tid, {"epoch": 1, "training_iteration": 1, "knn_top1": 0.25})
+    search.on_trial_result("stop", {"epoch": 2, "training_iteration": 2, "knn_top1": 0.5})
+    search.on_trial_complete("stop", {"epoch": 2, "knn_top1": 0.5, "finished": False})
+    (tmp_path / "trial_driver_boom_00000" / "error.txt").write_text(
+        "Failure # 1\nTraceback (most recent call last):\n  File x\nFloatingPointError: loss is nan at epoch 1, "
+        "step 4: the trial diverged (lower lr or temperature, or turn AMP off)\n")
+    search.on_trial_complete("boom", None, error=True)
+    search.on_trial_complete("done", {"epoch": 3, "knn_top1": 0.75, "finished": True})
+    trials = {t.user_attrs["tune_trial_id"]: t for t in optuna.load_study(study_name="rec", storage=storage).trials}
+    State = optuna.trial.TrialState
+    assert trials["stop"].state == State.PRUNED and trials["stop"].value == 0.5
+    assert trials["stop"].intermediate_values == {1: 0.25, 2: 0.5}
+    assert trials["boom"].state == State.FAIL
+    assert trials["boom"].user_attrs["csweep_error"].startswith("FloatingPointError: loss is nan at epoch 1, step 4")
+    assert trials["done"].state == State.COMPLETE and trials["done"].value == 0.75
+    assert all(t.user_attrs["tune_trial_dir"] == str(tmp_path / f"trial_driver_{k}_00000") for k, t in trials.items())
+
+
+def _lr_space(trial):
+    trial.suggest_float("lr", 0.01, 1.0, log=True)
+
+
+DIVERGING_SPACE = '''
+FIXED = {"method": "supcon", "epochs": 2, "probe_epochs": 2, "width": 0.125, "batch_size": 128}
+POINTS_TO_EVALUATE = [{"lr": 1e12}, {"lr": 0.1}]
+TRIALS = 2
+
+
+def space(trial, fixed):
+    trial.suggest_categorical("lr", [1e12, 0.1])
+'''
+
+
+@pytest.mark.slow
+def test_diverging_trial_fails_with_its_step_and_the_sweep_goes_on(tmp_path):
+    (tmp_path / "diverge.py").write_text(DIVERGING_SPACE)
+    proc = run_cli("run", str(tmp_path / "diverge.py"), "--name", "dv", "--scheduler", "fifo", "--sampler", "random",
+                   "--max-failures", "0", "--storage-path", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    study = _study(tmp_path / "out", "dv")
+    by_lr = {t.params["lr"]: t for t in study.trials}
+    assert by_lr[1e12].state == optuna.trial.TrialState.FAIL
+    assert "diverged" in by_lr[1e12].user_attrs["csweep_error"] and "step" in by_lr[1e12].user_attrs["csweep_error"]
+    assert by_lr[0.1].state == optuna.trial.TrialState.COMPLETE
+    from analysis import build_tables
+
+    trials = build_tables(tmp_path / "out" / "dv").trials
+    row = trials[trials["lr"] == 1e12].iloc[0]
+    assert row["status"] == "diverged" and "step" in row["error"], row.to_dict()
+    assert (trials["status"].astype(str) == "completed").sum() == 1
+
+
+def test_trial_marked_failed_by_an_interrupt_is_continued_as_a_copy_on_resume(tmp_path):
+    """Ctrl-C marks the running Optuna trials FAIL (orphaned); when the resumed sweep finishes one, its record
+    continues as a RUNNING copy that is then told normally, so the study counts exactly the planned trials."""
+    from search.spec import SweepConfig
+    from search.sweep import _study_search_class, fail_orphaned_study_trials
+
+    cfg = SweepConfig(name="int", space="quickstart", storage_path=str(tmp_path))
+    (tmp_path / "int").mkdir()
+    search = _study_search_class()(
+        experiment_path=cfg.experiment_path, space=_lr_space, metric="knn_top1", mode="max", study_name="int",
+        storage=optuna.storages.RDBStorage(cfg.study_url), sampler=optuna.samplers.RandomSampler(seed=0))
+    search.suggest("t1")
+    search.on_trial_result("t1", {"epoch": 1, "knn_top1": 0.25})
+    assert fail_orphaned_study_trials(cfg) == 1  # what `csweep run` does after Tune returns on SIGINT
+    search.on_trial_result("t1", {"epoch": 2, "knn_top1": 0.5})
+    search.on_trial_complete("t1", {"epoch": 3, "knn_top1": 0.75, "finished": True})
+    old, new = _study(tmp_path, "int").trials
+    assert old.state == optuna.trial.TrialState.FAIL and old.user_attrs["csweep_orphaned"]
+    assert new.state == optuna.trial.TrialState.COMPLETE and new.value == 0.75 and new.params == old.params
+    assert new.intermediate_values == {1: 0.25, 2: 0.5} and new.user_attrs["csweep_resumed_from"] == old.number
+    assert new.user_attrs["tune_trial_id"] == "t1" and "csweep_orphaned" not in new.user_attrs
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_sweep_and_resume_finishes_exactly_n_trials(tmp_path):
+    args = [sys.executable, "-m", "search.cli", "run", "quickstart", "--trials", "4", "--concurrency", "1",
+            "--scheduler", "fifo", "--name", "intr", "--storage-path", str(tmp_path), *QUICK]
+    ray_tmp = f"/tmp/csi{os.getpid()}"
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, env={**os.environ, "RAY_TMPDIR": ray_tmp})
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            time.sleep(1.0)
+            assert proc.poll() is None, "the sweep ended before it could be interrupted"
+            try:
+                states = [t.state for t in _study(tmp_path, "intr").trials]
+            except Exception:
+                continue
+            if states.count(optuna.trial.TrialState.COMPLETE) >= 1:
+                break
+        else:
+            pytest.fail("no trial completed in time")
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        sent = time.time()
+        _, err = proc.communicate(timeout=60)
+        assert time.time() - sent < 60
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        kill_processes_with_env("RAY_TMPDIR", ray_tmp)
+    assert proc.returncode == 130, err[-3000:]
+    assert "interrupted" in err and "csweep resume intr" in err
+    study = _study(tmp_path, "intr")
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+
+    resumed = run_cli("resume", "intr", "--storage-path", str(tmp_path))
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    trials = _tune_trials(tmp_path / "intr", known_only=True)
+    assert len(trials) == 4 and all(t["results"][-1].get("finished") for t in trials)
+    counted = [t for t in _study(tmp_path, "intr").trials if not t.user_attrs.get("csweep_orphaned")]
+    assert len(counted) == 4 and all(t.state == optuna.trial.TrialState.COMPLETE for t in counted)
+    assert sorted(t.user_attrs["tune_trial_id"] for t in counted) == sorted(t["results"][-1]["trial_id"]
+                                                                             for t in trials)

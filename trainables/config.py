@@ -25,6 +25,7 @@ __all__ = [
     "check_literals",
     "check_range",
     "coerce_dataclass",
+    "coerce_value",
     "config_fields",
     "describe_fields",
     "parse_overrides",
@@ -222,18 +223,46 @@ def _coerce(cls: type, name: str, value: Any, annotation: Any) -> Any:
             return value
         raise ConfigError(f"`{name}` must be true or false, but got {name}={value!r}")
     if annotation is int:
-        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+        number = _number(value)
+        if number is None or not (isinstance(number, int) or math.isfinite(number) and number.is_integer()):
             raise ConfigError(f"`{name}` must be an integer, but got {name}={value!r}")
-        return int(value)
+        return int(number)
     if annotation is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        number = _number(value)
+        if number is None or math.isnan(number):
             raise ConfigError(f"`{name}` must be a number, but got {name}={value!r}")
-        return float(value)
+        return float(number)
     if annotation is str:
         if not isinstance(value, str):
             raise ConfigError(f"`{name}` must be a string, but got {name}={value!r}")
         return value
     return value
+
+
+def _number(value: Any) -> int | float | None:
+    """``value`` as a number if it is one or is written as one (``1e-3``, ``3E-4``, ``.5``, ``5.``, ``1_000``, ``inf``,
+    quoted or not: YAML 1.1 reads ``1e-3`` as a string); ``None`` otherwise. Booleans are not numbers."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return value
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def coerce_value(cls: type, name: str, value: Any) -> Any:
+    """``value`` converted to the type of field ``name`` of dataclass ``cls`` (``"1e-3"`` -> ``0.001`` for a float
+    field, the text unchanged for a str field); raises ConfigError naming the field."""
+    return _coerce(cls, name, value, typing.get_type_hints(cls)[name])
 
 
 def coerce_dataclass(cls: type, values: Mapping[str, Any]):

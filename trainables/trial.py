@@ -14,9 +14,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from trainables.config import ConfigError, TrainConfig, coerce_dataclass, config_fields, split_overrides
+from trainables.config import (
+    ConfigError,
+    TrainConfig,
+    coerce_dataclass,
+    coerce_value,
+    config_fields,
+    split_overrides,
+)
 
-__all__ = ["TrialSpec", "prepare_trial", "trial_settings"]
+__all__ = ["TrialSpec", "prepare_trial", "trial_settings", "typed_settings"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,10 @@ class TrialSpec:
                                   f"method={method}; got preset={preset!r}")
             base = dict(method_cls.presets[preset])
         settings = {k: v for k, v in {**base, **(settings or {})}.items() if k != "method"}
+        for key in settings:
+            error = foreign_setting_error(key, method)
+            if error is not None:
+                raise error
         method_values, train_values = split_overrides(settings, method_cls.Config, TrainConfig)
         method_config = coerce_dataclass(method_cls.Config, method_values)
         train = coerce_dataclass(TrainConfig, {**method_cls.recipe, **train_values})
@@ -66,6 +77,41 @@ class TrialSpec:
                 f"`batch_size` must be a multiple of the number of workers ({world_size}) so every worker gets the "
                 f"same batch, but got batch_size={self.train.batch_size}")
 
+
+
+def _owners(key: str) -> list[type]:
+    from trainables.methods import METHODS
+
+    classes = [TrainConfig, *(cls.Config for _, cls in sorted(METHODS.items()))]
+    return [c for c in classes if key in config_fields(c)]
+
+
+def typed_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """``settings`` with numbers written as text converted for numeric fields (``lr="1e-3"`` -> ``0.001``), so that
+    sweeps, spaces and checks see numbers however they were written. Everything else (strings of str fields, lists,
+    values that do not convert, unknown keys) is left for the full validation to judge in context."""
+    out = dict(settings)
+    for key, value in settings.items():
+        if not isinstance(value, str):
+            continue
+        for owner in _owners(key)[:1]:
+            try:
+                typed = coerce_value(owner, key, value)
+            except ConfigError:
+                continue
+            if isinstance(typed, (int, float)) and not isinstance(typed, bool):
+                out[key] = typed
+    return out
+
+
+def foreign_setting_error(key: str, method: str) -> ConfigError | None:
+    """The error for a setting ``key`` that only other methods have (``temperature`` for ``ce``), else None."""
+    from trainables.methods import METHODS
+
+    others = sorted(name for name, cls in METHODS.items() if name != method and key in config_fields(cls.Config))
+    if not others or key in config_fields(TrainConfig) or key in config_fields(METHODS[method].Config):
+        return None
+    return ConfigError(f"`{key}` is not a setting of {method} (it is one of {', '.join(others)})")
 
 
 def trial_settings(fixed: Mapping[str, Any], sampled: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
