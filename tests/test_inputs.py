@@ -21,10 +21,10 @@ from trainables.trial import TrialSpec, typed_settings
 # SQLite file, {silent} the address of a socket that accepts and never answers.
 BAD = [
     # csweep train
-    (["train", "byol"], "`method` must be one of ce, selfcon, sigmoid, simclr, supcon"),
+    (["train", "byol"], "`method` must be one of ce, cmc, sce, selfcon, sigmoid, simclr, supcon"),
     (["train", "supcon", "--dataset", "mnist"], "`dataset` must be one of"),
     (["train", "supcon", "--set", "tau=0.1"], "unknown setting `tau`"),
-    (["train", "ce", "--set", "temperature=0.1"], "`temperature` is not a setting of ce (it is one of selfcon,"),
+    (["train", "ce", "--set", "temperature=0.1"], "`temperature` is not a setting of ce (it is one of sce, selfcon,"),
     (["train", "supcon", "--epochs", "2", "--set", "epochs=5"], "`epochs` is given twice, as --epochs 2"),
     (["train", "supcon", "--dataset", "digits", "--set", "dataset=cifar10"], "`dataset` is given twice"),
     (["train", "supcon", "--set", "temperature=0"], "temperature"),
@@ -88,12 +88,12 @@ BAD = [
     (["run", "supcon", "--address", "127.0.0.1:1"], "`address` '127.0.0.1:1' cannot be reached"),
     (["run", "supcon", "--address", "{silent}"], "`address`"),
     # reading sweeps
-    (["resume", "nosuch"], "`name`: no sweep at"),
-    (["status", "nosuch"], "`name`: no sweep at"),
-    (["tables", "nosuch"], "`name`: no sweep at"),
+    (["resume", "nosuch"], "`name`: no sweep 'nosuch' at"),
+    (["status", "nosuch"], "`name`: no sweep 'nosuch' at"),
+    (["tables", "nosuch"], "`name`: no sweep 'nosuch' at"),
     (["tables", "{sweep}", "--out", "{file}"], "`out` must be a directory"),
     (["tables", "{sweep}", "--out", "{file}/sub"], "`out` must be a directory"),
-    (["ablation", "nosuch", "--rows", "method", "--cols", "dataset"], "`name`: no sweep at"),
+    (["ablation", "nosuch", "--rows", "method", "--cols", "dataset"], "`name`: no sweep 'nosuch' at"),
     (["ablation", "{sweep}", "--rows", "method", "--cols", "dataset", "--metric", "backbone"],
      "`metric` must be a numeric column, but got metric='backbone'"),
     (["ablation", "{sweep}", "--rows", "nope", "--cols", "dataset"], "columns ['nope'] are not in the table"),
