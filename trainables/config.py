@@ -110,7 +110,9 @@ class TrainConfig:
     schedule: Literal["cosine", "step", "constant"] = "cosine"
     lr_decay_epochs: tuple[int, ...] = ()  # epochs at which the step schedule multiplies lr by lr_decay_rate
     lr_decay_rate: float = 0.1
-    warmup_epochs: float = 0.0  # linear warm-up from warmup_from to the scheduled lr
+    #: linear warm-up from warmup_from to the scheduled lr; "auto": the method's seed rule (``Method.auto_warmup``:
+    #: SupCon/SimCLR/CE 10 epochs when batch_size > 256, SelfCon when >= 1024, others none), resolved by TrialSpec
+    warmup_epochs: float | Literal["auto"] = "auto"
     warmup_from: float = 0.01
     amp: Literal["off", "bf16", "fp16"] = "off"  # autocast dtype; fp16 needs a GPU (uses a GradScaler)
     grad_clip: float = 0.0  # max global gradient norm; 0 = off
@@ -146,7 +148,10 @@ class TrainConfig:
         if self.schedule == "step" and not self.lr_decay_epochs:
             raise ConfigError("`lr_decay_epochs` must list at least one epoch when schedule=step, but got ()")
         check_range("lr_decay_rate", self.lr_decay_rate, low=0.0, high=1.0, low_inclusive=False)
-        check_range("warmup_epochs", self.warmup_epochs, low=0.0, high=self.epochs, high_inclusive=False)
+        if isinstance(self.warmup_epochs, str):
+            check_choice("warmup_epochs", self.warmup_epochs, ("auto",))
+        else:
+            check_range("warmup_epochs", self.warmup_epochs, low=0.0, high=self.epochs, high_inclusive=False)
         check_range("warmup_from", self.warmup_from, low=0.0)
         check_range("grad_clip", self.grad_clip, low=0.0)
         check_range("knn_k", self.knn_k, low=1)

@@ -172,7 +172,11 @@ class SelfCon(Method):
 
     name = "selfcon"
     Config = SelfConConfig
-    recipe = {"lr": 0.5, "optimizer": "sgd", "momentum": 0.9, "weight_decay": 1e-4, "schedule": "cosine"}
+    #: Reference README: batch 1024, lr 0.5, cosine, 1000 epochs; its code warms up for 10 epochs from 0.01 only
+    #: when batch_size >= 1024 (SupContrast's code: > 256).
+    recipe = {"batch_size": 1024, "lr": 0.5, "epochs": 1000, "optimizer": "sgd", "momentum": 0.9,
+              "weight_decay": 1e-4, "schedule": "cosine", "warmup_epochs": "auto", "warmup_from": 0.01}
+    auto_warmup = (1024, 10)
     #: digits: with the reference's independent MLP heads, 10 SGD epochs on digits collapse every projection onto one
     #: point (the loss sticks at its uniform value); BatchNorm in the heads (``mlp_bn``) trains.
     presets = {"digits": {"dataset": "digits", "width": 0.25, "batch_size": 128, "epochs": 15, "lr": 0.05, "crop_scale_min": 0.5,

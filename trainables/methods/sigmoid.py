@@ -194,7 +194,9 @@ class Sigmoid(Method):
 
     name = "sigmoid"
     Config = SigmoidConfig
-    recipe = {"optimizer": "adam", "lr": 3e-4, "weight_decay": 1e-5, "schedule": "constant", "logreg_probe": True}
+    #: The seed's ``run_training.py`` defaults: batch 256, 100 epochs, Adam lr 3e-4, wd 1e-5, no schedule, no warm-up.
+    recipe = {"batch_size": 256, "epochs": 100, "optimizer": "adam", "lr": 3e-4, "weight_decay": 1e-5,
+              "schedule": "constant", "warmup_epochs": "auto", "logreg_probe": True}
     #: digits (16 px): milder crops (the seed's 0.1 / 0.05 scales leave a few pixels of an 8x8 digit), 2 local views,
     #: batch 64 (twice the steps), lr 1e-3 and beta0 = 0 (the target follows the online encoder early, then slows).
     presets = {"digits": {"dataset": "digits", "width": 0.25, "batch_size": 64, "epochs": 15, "lr": 1e-3, "beta": 0.0,
