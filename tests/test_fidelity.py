@@ -68,3 +68,89 @@ def test_digits_presets_keep_their_schedule(method: str) -> None:
     for step in (0, 1, 5, 50):
         kw = dict(steps_per_epoch=7, total_steps=7 * t.epochs, peak=t.scaled_lr())
         assert lr_at(step, t, **kw) == lr_at(step, before, **kw)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 2-3. SelfCon exits: the reference's parameter counts (raymin0223/self-contrastive-learning, networks/*_big.py)
+#
+# An exit's parameters are the reference's ``selfcon_layer[idx]`` plus its ``sub_heads`` entry, the MLP
+# ``Linear(512e, 512e) -> ReLU -> Linear(512e, 128)`` (e = block expansion): HEAD = 512*512+512 + 512*128+128 = 328,320
+# (ResNet-50: 2048*2048+2048 + 2048*128+128 = 4,458,624). Conv(i, o, k) = i*o*k*k (+ o with a bias), BN(c) = 2c.
+# - fc: ``nn.Linear(channels[idx] * expansion, channels[-1] * expansion)`` after pooling: i*o + o.
+# - ResNet BasicBlock(i, p, s): conv(i,p,3) + BN(p) + conv(p,p,3) + BN(p) [+ conv(i,p,1) + BN(p) if s != 1 or i != p];
+#   B(128,256,2) = 919,040, B(256,256,1) = 1,180,672, B(256,512,2) = 3,673,088, B(512,512,1) = 4,720,640.
+#   same after layer2 (num_blocks [2,2]): all four = 10,493,440; small (int(n/2) = 1 each): B(128,256,2) + B(256,512,2).
+# - VGG (bias convs, BN for _bn): cb(i, o) = 9io + o + 2o: cb(64,128) = 74,112, cb(128,128) = 147,840,
+#   cb(128,256) = 295,680, cb(256,256) = 590,592, cb(256,512) = 1,181,184, cb(512,512) = 2,360,832.
+#   ``same``: 3 convs per block for cfg D (vgg16), 2 otherwise; ``small``: 1.
+# - WRN wide_basic(i, p, s) (bias convs): BN(i) + conv(i,p,3)+p + BN(p) + conv(p,p,3)+p [+ conv(i,p,1)+p]:
+#   wb(128,256,2) = 919,040, wb(256,256,1) = 1,181,184, wb(256,512,2) = 3,673,088, wb(512,512,1) = 4,721,664; the
+#   tail has no closing BN. small: int((n+1)/2) = 1 block per stage.
+# - EfficientNet, any size: Conv1x1(80, 512, no bias) 40,960 + BN 1,024 + Linear(512, 512) 262,656 = 304,640.
+HEAD = 328_320
+SEED_EXIT_PARAMS = {
+    ("resnet18", "layer1", "fc"): 64 * 512 + 512 + HEAD,  # 361,600
+    ("resnet18", "layer2", "fc"): 128 * 512 + 512 + HEAD,  # 394,368
+    ("resnet18", "layer3", "fc"): 256 * 512 + 512 + HEAD,  # 459,904
+    ("resnet18", "layer2", "small"): 919_040 + 3_673_088 + HEAD,  # 4,920,448
+    ("resnet18", "layer2", "same"): 919_040 + 1_180_672 + 3_673_088 + 4_720_640 + HEAD,  # 10,821,760
+    ("resnet50", "layer2", "fc"): 512 * 2048 + 2048 + 4_458_624,  # 5,509,248
+    ("vgg13_bn", "block2", "fc"): 128 * 512 + 512 + HEAD,  # 394,368
+    ("vgg13_bn", "block2", "small"): 295_680 + 1_181_184 + 2_360_832 + HEAD,  # 4,166,016
+    ("vgg13_bn", "block2", "same"): 295_680 + 590_592 + 1_181_184 + 3 * 2_360_832 + HEAD,  # 9,478,272
+    ("vgg16_bn", "block1", "same"): (74_112 + 2 * 147_840 + 295_680 + 2 * 590_592 + 1_181_184 + 2 * 2_360_832
+                                     + 3 * 2_360_832 + HEAD),  # 15,160,320
+    ("wrn16_8", "layer1", "fc"): 128 * 512 + 512 + HEAD,  # 394,368
+    ("wrn16_8", "layer2", "fc"): 256 * 512 + 512 + HEAD,  # 459,904
+    ("wrn16_8", "layer1", "small"): 919_040 + 3_673_088 + HEAD,  # 4,920,448
+    ("wrn16_8", "layer1", "same"): 919_040 + 1_181_184 + 3_673_088 + 4_721_664 + HEAD,  # 10,823,296
+    ("effnet_small", "stage4", "fc"): 304_640 + HEAD,  # 632,960
+    ("effnet_small", "stage4", "small"): 304_640 + HEAD,
+    ("effnet_small", "stage4", "same"): 304_640 + HEAD,
+}
+
+
+@pytest.fixture(scope="module")
+def full_width_backbones():
+    from trainables.nets import build_backbone
+
+    return {name: build_backbone(name) for name in {k[0] for k in SEED_EXIT_PARAMS}}
+
+
+@pytest.mark.parametrize(("name", "point", "size"), sorted(SEED_EXIT_PARAMS))
+def test_exit_parameter_counts_are_the_seeds(full_width_backbones, name: str, point: str, size: str) -> None:
+    import torch
+
+    from trainables.nets import build_exit
+
+    backbone = full_width_backbones[name]
+    exit_ = build_exit(backbone, point, size=size)
+    assert sum(p.numel() for p in exit_.parameters()) == SEED_EXIT_PARAMS[name, point, size]
+    # The probed exit feature has the backbone's width (ResNet-18: 512, not layer2's 128).
+    assert exit_.feature_dim == backbone.feature_dim
+    with torch.no_grad():
+        x = torch.randn(2, backbone.stage_channels[point], 4, 4)
+        assert exit_.eval().features(x).shape == (2, backbone.feature_dim)
+
+
+def test_wrn_is_the_seeds_wide_basic() -> None:
+    """WRN-16-8 trunk: biases, dropout 0.3 in train mode, stride on conv2 (the reference's ``wide_basic``)."""
+    import torch
+
+    from trainables.nets import build_backbone
+
+    net = build_backbone("wrn16_8")
+    block = net.layer2[0]
+    assert block.conv1.stride == (1, 1) and block.conv2.stride == (2, 2) and block.conv1.bias is not None
+    assert block.dropout.p == 0.3
+    # The reference's Wide_ResNet(16, 8, 0.3): conv3x3(3,16)+16 = 448; layer1 wb(16,128,1) 168,608 + wb(128,128,1)
+    # 295,680; layer2 919,040 + 1,181,184; layer3 3,673,088 + 4,721,664; bn1(512) 1,024.
+    assert sum(p.numel() for p in net.parameters()) == 10_960_736
+    net.train()
+    x = torch.randn(2, 3, 8, 8)
+    torch.manual_seed(0)
+    a = net(x)
+    torch.manual_seed(1)
+    assert not torch.equal(a, net(x))  # dropout is active in train mode
+    net.eval()
+    torch.testing.assert_close(net(x), net(x))
