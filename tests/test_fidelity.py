@@ -154,3 +154,56 @@ def test_wrn_is_the_seeds_wide_basic() -> None:
     assert not torch.equal(a, net(x))  # dropout is active in train mode
     net.eval()
     torch.testing.assert_close(net(x), net(x))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 4. Sigmoid loss with penalty filtering (filipbasara0/sigmoid-contrastive-loss, scl/scl.py ``scl_loss``)
+
+
+def test_filtered_sigmoid_loss_is_the_seeds_unweighted_sum_over_kept_pairs() -> None:
+    import math
+
+    import torch
+    import torch.nn.functional as F
+
+    from trainables.losses import sigmoid_pairwise_loss
+
+    g = torch.Generator().manual_seed(0)
+    x, xp = torch.randn(8, 6, generator=g), torch.randn(8, 6, generator=g)
+    t, b, gamma, threshold = math.log(5.0), -1.0, 1.0, 0.05
+    # The seed, line by line: the mask keeps positives and negatives with penalty > threshold, then
+    # loss = -sum(logsigmoid(selected_labels * selected_logits)) / n (no penalty weight).
+    n = 8
+    labels = 2 * torch.eye(n) - 1
+    logits = F.normalize(x, dim=-1) @ F.normalize(xp, dim=-1).T * 5.0 + b
+    penalty = (1 - torch.sigmoid(labels * logits)) ** gamma
+    keep = torch.eye(n, dtype=torch.bool) | (penalty > threshold)
+    seed = -F.logsigmoid(labels[keep] * logits[keep]).sum() / n
+    got = sigmoid_pairwise_loss(x, xp, log_temperature=t, bias=b, gamma=gamma, filter_threshold=threshold)
+    assert got.item() == pytest.approx(seed.item(), rel=1e-6)
+    weighted = -(penalty * F.logsigmoid(labels * logits))[keep].sum() / n
+    assert got.item() != pytest.approx(weighted.item(), rel=1e-2)  # the focal weight is gone
+
+
+def test_filtering_starts_after_the_warmup_step(monkeypatch) -> None:
+    """The seed filters when ``global_step > filtering_warmup_steps`` (global_step = steps completed)."""
+    import torch
+    from method_contract import data_batch, make_method
+
+    import trainables.methods.sigmoid as sigmoid_module
+    from trainables.data import load_dataset
+
+    data = load_dataset("digits")
+    method, _ = make_method("sigmoid", data, width=0.125, num_local_views=0, use_penalty_filtering=True,
+                            filtering_warmup_steps=3)
+    seen = []
+    real = sigmoid_module.sigmoid_pairwise_loss
+    monkeypatch.setattr(sigmoid_module, "sigmoid_pairwise_loss",
+                        lambda *a, **kw: seen.append(kw["filter_threshold"]) or real(*a, **kw))
+    model = method.build()
+    batch = data_batch(data, 8)
+    views = method.views(batch.images, torch.Generator().manual_seed(0))
+    for step in (3, 4):
+        seen.clear()
+        method.loss(model, views, batch, step=step)
+        assert set(seen) == ({None} if step == 3 else {0.05})

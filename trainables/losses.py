@@ -178,8 +178,9 @@ def sigmoid_pairwise_loss(
     with ``logsigmoid`` and the penalty as ``exp(gamma * logsigmoid(-y * logits))`` (``1 - sigmoid(z) = sigmoid(-z)``),
     so both stay finite for any logit. Computed in at least float32.
 
-    Penalty filtering (``filter_threshold`` not None): negative pairs whose penalty ``(1 - p_ij)^gamma`` is
-    ``<= filter_threshold`` contribute nothing (positives are always kept); the sum is still divided by ``n``.
+    Penalty filtering (``filter_threshold`` not None), as the seed: negative pairs whose penalty
+    ``(1 - p_ij)^gamma`` is ``<= filter_threshold`` are dropped (positives are always kept) and the kept pairs lose
+    the penalty weight, ``L = -(1/n) * sum_{(i,j) kept} log sigmoid(y_ij * logits_ij) + alpha * KL``.
 
     Args:
         x: online projections ``[n, d]``.
@@ -189,7 +190,8 @@ def sigmoid_pairwise_loss(
         gamma: confidence-penalty exponent, ``>= 0``.
         alpha: weight of the KL invariance term, ``>= 0``.
         max_scale: upper clamp of ``e^t``, ``> 0``.
-        filter_threshold: drop negatives with penalty ``<=`` this value; None keeps every pair.
+        filter_threshold: drop negatives with penalty ``<=`` this value and weight the kept pairs by 1; None keeps
+            every pair with its penalty weight.
 
     Returns:
         Scalar loss.
@@ -218,10 +220,11 @@ def sigmoid_pairwise_loss(
     positive = torch.eye(n, dtype=torch.bool, device=x.device)
     signed = torch.where(positive, logits, -logits)  # y_ij * logits_ij
     log_p = torch.nn.functional.logsigmoid(signed)  # log sigmoid(y * logits)
-    terms = log_p if gamma == 0 else torch.exp(gamma * torch.nn.functional.logsigmoid(-signed)) * log_p
-    if filter_threshold is not None:
+    if filter_threshold is not None:  # the seed: keep positives and confident-enough negatives, unweighted
         penalty = torch.exp(gamma * torch.nn.functional.logsigmoid(-signed.detach()))
-        terms = terms.masked_fill(~positive & (penalty <= filter_threshold), 0.0)
+        terms = log_p.masked_fill(~positive & (penalty <= filter_threshold), 0.0)
+    else:
+        terms = log_p if gamma == 0 else torch.exp(gamma * torch.nn.functional.logsigmoid(-signed)) * log_p
     loss = -terms.sum() / n
     if alpha:
         kl = torch.nn.functional.kl_div(logits.log_softmax(dim=1), logits.softmax(dim=0).T, reduction="batchmean")

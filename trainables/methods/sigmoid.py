@@ -11,8 +11,8 @@ Views (multi-crop): ``num_global_views`` ReLIC global views at full size, then `
 ``int(size * local_size_ratio)`` px (:func:`trainables.data.augment.multicrop`). The target projects the global views
 only; every target projection of global view ``g`` is paired with every online projection of a view ``v != g``
 (global and local) and the ``G * (G + L - 1)`` pair losses are averaged (:func:`multiview_sigmoid_loss`). With
-``use_penalty_filtering``, negatives whose penalty is at most ``filtering_threshold`` are dropped from step
-``filtering_warmup_steps`` on.
+``use_penalty_filtering``, negatives whose penalty is at most ``filtering_threshold`` are dropped, and the kept pairs
+lose their penalty weight, once ``step > filtering_warmup_steps`` (the seed's test).
 
 Schedules: the confidence penalty ``gamma`` (:func:`trainables.schedules.gamma_at`) and the EMA coefficient
 (:func:`trainables.schedules.ema_beta_at`) are pure functions of the loop's global optimiser step and the run's
@@ -71,7 +71,7 @@ class SigmoidConfig:
     ema_every_n_steps: int = 1  # EMA update of the target on steps that are multiples of this
     use_penalty_filtering: bool = False  # drop negatives whose penalty (1 - p)^gamma <= filtering_threshold
     filtering_threshold: float = 0.05  # penalty threshold of the filtering
-    filtering_warmup_steps: int = 5000  # filtering starts at this step
+    filtering_warmup_steps: int = 5000  # filtering starts after this step (step > filtering_warmup_steps, as the seed)
     num_global_views: int = 2  # full-size views (target and online)
     num_local_views: int = 4  # small views (online only)
     local_size_ratio: float = 3 / 7  # local view side = int(image side * ratio)
@@ -245,7 +245,7 @@ class Sigmoid(Method):
         target = torch.stack([z.float() for z in module.target(views[:n_global])], 1)  # [b, G, d]
         online = distributed.gather_with_grad(online)  # [N, V, d], N = global batch
         target = distributed.gather(target)  # [N, G, d]
-        filtering = c.use_penalty_filtering and step >= c.filtering_warmup_steps
+        filtering = c.use_penalty_filtering and step > c.filtering_warmup_steps  # the seed's global_step > warmup
         loss = multiview_sigmoid_loss(online, target, log_temperature=module.log_temperature, bias=module.bias,
                                       gamma=self.gamma(step), alpha=c.alpha, max_scale=c.max_scale,
                                       filter_threshold=c.filtering_threshold if filtering else None)
