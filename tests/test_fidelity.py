@@ -207,3 +207,51 @@ def test_filtering_starts_after_the_warmup_step(monkeypatch) -> None:
         seen.clear()
         method.loss(model, views, batch, step=step)
         assert set(seen) == ({None} if step == 3 else {0.05})
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 5. SupCon with one view (SupCon-S): the mean over anchors that have a positive
+
+
+def _naive_supcon(features, labels, tau: float, base_tau: float) -> float:
+    """SupContrast's SupConLoss pair by pair: the mean over anchors with at least one positive."""
+    import math
+
+    b, v, _ = features.shape
+    z = features.transpose(0, 1).reshape(b * v, -1).double()
+    lab = labels.repeat(v)
+    terms = []
+    for i in range(b * v):
+        others = [a for a in range(b * v) if a != i]
+        log_norm = math.log(sum(math.exp(float(z[i] @ z[a]) / tau) for a in others))
+        pos = [p for p in others if lab[p] == lab[i]]
+        if pos:
+            terms.append(-sum(float(z[i] @ z[p]) / tau - log_norm for p in pos) / len(pos))
+    return (tau / base_tau) * sum(terms) / len(terms)
+
+
+def test_supcon_one_view_averages_over_anchors_with_a_positive() -> None:
+    import torch
+    import torch.nn.functional as F
+
+    from trainables.losses import supcon_loss
+
+    g = torch.Generator().manual_seed(0)
+    feats = F.normalize(torch.randn(10, 1, 8, generator=g), dim=2)
+    labels = torch.tensor([0, 0, 1, 2, 3, 3, 3, 4, 5, 6])  # 5 of 10 anchors have a positive
+    got = supcon_loss(feats, labels, temperature=0.1)
+    assert got.item() == pytest.approx(_naive_supcon(feats, labels, 0.1, 0.07), rel=1e-5)
+    # Under DDP-style anchor splits the mean of the per-rank losses is still the global loss.
+    halves = [supcon_loss(feats, labels, temperature=0.1, anchor_index=slice(k * 5, k * 5 + 5)) for k in (0, 1)]
+    assert (halves[0] + halves[1]).item() / 2 == pytest.approx(got.item(), rel=1e-5)
+
+
+def test_supcon_without_any_positive_is_zero_with_zero_gradient() -> None:
+    import torch
+
+    feats = torch.nn.functional.normalize(torch.randn(4, 1, 8), dim=2).requires_grad_(True)
+    from trainables.losses import supcon_loss
+
+    loss = supcon_loss(feats, torch.arange(4))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.equal(feats.grad, torch.zeros_like(feats))
