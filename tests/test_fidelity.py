@@ -255,3 +255,39 @@ def test_supcon_without_any_positive_is_zero_with_zero_gradient() -> None:
     loss = supcon_loss(feats, torch.arange(4))
     loss.backward()
     assert loss.item() == 0.0 and torch.equal(feats.grad, torch.zeros_like(feats))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 6. SelfCon's ensemble averages the probes' logits
+
+
+def test_selfcon_ensemble_averages_logits_not_probabilities(monkeypatch) -> None:
+    import torch
+    from method_contract import make_method
+
+    import trainables.loop as loop
+    from trainables.data import load_dataset
+
+    data = load_dataset("digits")
+    method, spec = make_method("selfcon", data, width=0.125, probe_epochs=1)
+    calls = []
+
+    def crafted_probe(train_x, train_y, eval_sets, **kw):
+        """Per row with label y: logits a (backbone) and b (exit) on classes (y+1, y, y+2), -50 elsewhere. The mean
+        logit picks y; the mean softmax picks y+1."""
+        which = len(calls)
+        calls.append(which)
+        out = {}
+        for name, (x, y) in eval_sets.items():
+            c = data.num_classes
+            logits = torch.full((len(y), c), -50.0)
+            rows = torch.arange(len(y))
+            for offset, (a, b) in zip((1, 0, 2), ((0.0, 2.0), (5.0, 0.0), (5.0, -6.0))):
+                logits[rows, (y + offset) % c] = a if which == 0 else b
+            out[name] = logits
+        return out
+
+    monkeypatch.setattr(loop, "linear_probe", crafted_probe)
+    metrics = loop._evaluate(method, method.build(), data, spec.train, torch.device("cpu"), final=True)
+    assert calls == [0, 1]
+    assert metrics["ensemble_top1"] == 1.0  # the mean of probabilities would give 0.0

@@ -33,7 +33,7 @@ from trainables.data import ImageData, load_dataset
 from trainables.methods import Batch, Method, RunShape, get_method, unwrap
 from trainables.nets.syncbn import convert_sync_batchnorm
 from trainables.optim import build_optimizer, lr_at
-from trainables.probe import extract_features, knn_top1, linear_probe, logreg_probe, top1
+from trainables.probe import ensemble_logits, extract_features, knn_top1, linear_probe, logreg_probe, top1
 from trainables.trial import TrialSpec
 
 __all__ = ["CHECKPOINT_VERSION", "RecordingReporter", "Reporter", "check_data", "evaluate_untrained", "fit", "load_data"]
@@ -164,8 +164,7 @@ def _evaluate(method: Method, model: nn.Module, data: ImageData, train: TrainCon
         if name != "backbone":
             metrics[f"{name}_top1"] = top1(out["test"], y_test)
     if len(logits) > 1:
-        mean_logits = torch.stack([out["test"].softmax(1) for out in logits.values()]).mean(0)
-        metrics["ensemble_top1"] = top1(mean_logits, y_test)
+        metrics["ensemble_top1"] = top1(ensemble_logits([out["test"] for out in logits.values()]), y_test)
     if train.logreg_probe:
         scores = logreg_probe(bank["backbone"], y_bank, {"test": (test["backbone"], y_test)}, seed=train.seed)
         metrics["logreg_top1"] = scores["test"]

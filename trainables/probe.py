@@ -7,7 +7,7 @@ probe below works on plain ``[N, D]`` tensors. Accuracies are fractions in [0, 1
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -17,7 +17,7 @@ from torch import Tensor
 from trainables import distributed
 from trainables.data.augment import eval_transform
 
-__all__ = ["extract_features", "knn_top1", "linear_probe", "logreg_probe", "top1"]
+__all__ = ["ensemble_logits", "extract_features", "knn_top1", "linear_probe", "logreg_probe", "top1"]
 
 
 @torch.no_grad()
@@ -131,6 +131,14 @@ def linear_probe(
             step += 1
     with torch.no_grad():
         return {name: head((f - mu) / sd) for name, (f, _) in eval_sets.items()}
+
+
+def ensemble_logits(logits: Sequence[Tensor]) -> Tensor:
+    """SelfCon's exit ensemble: the mean of the probes' logits, ``[K] x [N, C] -> [N, C]`` (the reference averages
+    logits, not softmax probabilities)."""
+    if not logits:
+        raise ValueError("`logits` must hold at least one [N, C] tensor, but got none")
+    return torch.stack(list(logits)).mean(0)
 
 
 def top1(logits: Tensor, labels: Tensor) -> float:
