@@ -278,7 +278,7 @@ def test_selfcon_ensemble_averages_logits_not_probabilities(monkeypatch) -> None
         which = len(calls)
         calls.append(which)
         out = {}
-        for name, (x, y) in eval_sets.items():
+        for name, (_x, y) in eval_sets.items():
             c = data.num_classes
             logits = torch.full((len(y), c), -50.0)
             rows = torch.arange(len(y))
@@ -291,3 +291,74 @@ def test_selfcon_ensemble_averages_logits_not_probabilities(monkeypatch) -> None
     metrics = loop._evaluate(method, method.build(), data, spec.train, torch.device("cpu"), final=True)
     assert calls == [0, 1]
     assert metrics["ensemble_top1"] == 1.0  # the mean of probabilities would give 0.0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 7. probe=seed: the seeds' own linear evaluation, under its own metric names
+
+
+def test_seed_probe_metrics_are_declared_only_with_probe_seed() -> None:
+    from trainables.metrics import reported_metrics
+
+    supcon = TrialSpec.from_settings("supcon", {"probe": "seed"})
+    assert "seed_linear_top1" in reported_metrics("supcon", supcon.method_config, supcon.train).final
+    assert "seed_linear_top1" not in reported_metrics("supcon", supcon.method_config).final
+    fast = TrialSpec.from_settings("supcon")
+    assert "seed_linear_top1" not in reported_metrics("supcon", fast.method_config, fast.train).final
+    assert "seed_logreg_top1" in reported_metrics("sigmoid").final  # config=None: every name some setting reports
+    with pytest.raises(ConfigError, match="probe"):
+        TrialSpec.from_settings("supcon", {"probe": "slow"})
+
+
+@pytest.mark.parametrize(("method", "lr"), [("supcon", 5.0), ("simclr", 1.0), ("selfcon", 3.0), ("ce", 0.1)])
+def test_seed_probe_uses_the_methods_seed_lr_and_protocol(monkeypatch, method: str, lr: float) -> None:
+    import torch
+    from method_contract import make_method
+
+    import trainables.loop as loop
+    from trainables.data import load_dataset
+
+    data = load_dataset("digits")
+    m, spec = make_method(method, data, width=0.125, probe_epochs=1, probe="seed", seed_probe_epochs=2)
+    seen = {}
+    real = loop.seed_linear_probe
+
+    def spy(*args, **kw):
+        seen.update(kw)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(loop, "seed_linear_probe", spy)
+    metrics = loop._evaluate(m, m.build(), data, spec.train, torch.device("cpu"), final=True)
+    assert (seen["lr"], seen["batch_size"], seen["epochs"]) == (lr, 512, 2)
+    assert 0.0 <= metrics["seed_linear_top1"] <= 1.0
+
+
+def test_seed_linear_probe_learns_separable_features() -> None:
+    """The protocol itself: augmented batches through a frozen encoder, step decay, warm-up above batch 256."""
+    import numpy as np
+    import torch
+
+    from trainables.probe import seed_linear_probe
+
+    rng = np.random.default_rng(0)
+    labels = torch.from_numpy(rng.integers(0, 2, 64))
+    images = np.zeros((64, 1, 4, 4), dtype=np.uint8)
+    images[labels.numpy() == 1] = 255
+    encode = lambda x: x.flatten(1)  # noqa: E731
+    identity = lambda x, *_: x.float() / 255  # noqa: E731
+    top = seed_linear_probe(encode, identity, identity, images, labels, images, labels, num_classes=2, epochs=20,
+                            batch_size=16, lr=1.0, device=torch.device("cpu"))
+    assert top == 1.0
+
+
+def test_sigmoid_seed_probe_is_calibrated_logistic_regression() -> None:
+    import torch
+    from method_contract import make_method
+
+    import trainables.loop as loop
+    from trainables.data import load_dataset
+
+    data = load_dataset("digits")
+    m, spec = make_method("sigmoid", data, width=0.125, probe_epochs=1, probe="seed", num_local_views=0)
+    metrics = loop._evaluate(m, m.build(), data, spec.train, torch.device("cpu"), final=True)
+    assert "seed_linear_top1" not in metrics and 0.0 <= metrics["seed_logreg_top1"] <= 1.0

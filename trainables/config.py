@@ -127,6 +127,13 @@ class TrainConfig:
     probe_lr: float = 0.1
     probe_weight_decay: float = 0.0
     logreg_probe: bool = False  # also fit scikit-learn logistic regression on L2-normalised features
+    #: final probe protocol: "fast" (linear probe on precomputed features, above); "seed" adds the seed's own,
+    #: reported as seed_linear_top1 (SupContrast main_linear.py: crop+flip through the frozen encoder, SGD with step
+    #: decay, the method's seed lr) or, for the sigmoid method, seed_logreg_top1 (calibrated logistic regression)
+    probe: Literal["fast", "seed"] = "fast"
+    seed_probe_epochs: int = 100  # epochs of the seed probe (the seed's 100; decays at 60/75/90 % of them)
+    seed_probe_batch_size: int = 512  # the seed's README batch (> 256 turns on its 10-epoch warm-up)
+    seed_probe_lr: float | None = None  # None: the method's seed lr (SupCon 5, SimCLR 1, SelfCon 3, else 0.1)
     # compute
     num_threads: int = 0  # torch intra-op threads per worker; 0 = the CPUs the worker holds
 
@@ -160,6 +167,10 @@ class TrainConfig:
         check_range("probe_epochs", self.probe_epochs, low=0)
         check_range("probe_lr", self.probe_lr, low=0.0, low_inclusive=False)
         check_range("probe_weight_decay", self.probe_weight_decay, low=0.0)
+        check_range("seed_probe_epochs", self.seed_probe_epochs, low=1)
+        check_range("seed_probe_batch_size", self.seed_probe_batch_size, low=1)
+        if self.seed_probe_lr is not None:
+            check_range("seed_probe_lr", self.seed_probe_lr, low=0.0, low_inclusive=False)
         check_range("num_threads", self.num_threads, low=0)
         if self.image_size is not None:
             check_range("image_size", self.image_size, low=8)

@@ -120,6 +120,10 @@ class Method(ABC):
     #: The seed's warm-up rule that ``warmup_epochs="auto"`` applies: ``(min_batch, epochs)`` warms up for ``epochs``
     #: (at most half the run) from ``warmup_from`` when ``batch_size >= min_batch``; None: never.
     auto_warmup: ClassVar[tuple[int, float] | None] = None
+    #: ``probe=seed``: the seed's evaluation, ``"linear"`` (SupContrast's main_linear.py at ``seed_probe_lr``,
+    #: reported as ``seed_linear_top1``) or ``"logreg"`` (calibrated logistic regression, ``seed_logreg_top1``).
+    seed_probe: ClassVar[str] = "linear"
+    seed_probe_lr: ClassVar[float] = 0.1  # main_linear.py's default learning rate
     #: Per-epoch extras this method reports: every key of ``loss``'s logs and of ``epoch_logs``.
     epoch_metrics: ClassVar[tuple[str, ...]] = ()
     #: Extras of the final report only (probes of extra eval features, ...).

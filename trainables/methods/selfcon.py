@@ -170,6 +170,7 @@ class SelfCon(Method):
     recipe = {"batch_size": 1024, "lr": 0.5, "epochs": 1000, "optimizer": "sgd", "momentum": 0.9,
               "weight_decay": 1e-4, "schedule": "cosine", "warmup_epochs": "auto", "warmup_from": 0.01}
     auto_warmup = (1024, 10)
+    seed_probe_lr = 3.0  # the reference's linear-evaluation learning rate
     #: digits: with the reference's independent MLP heads, 10 SGD epochs on digits collapse every projection onto one
     #: point (the loss sticks at its uniform value); BatchNorm in the heads (``mlp_bn``) trains.
     presets = {"digits": {"dataset": "digits", "width": 0.25, "batch_size": 128, "epochs": 15, "lr": 0.05, "crop_scale_min": 0.5,

@@ -202,6 +202,7 @@ class Sigmoid(Method):
     presets = {"digits": {"dataset": "digits", "width": 0.25, "batch_size": 64, "epochs": 15, "lr": 1e-3, "beta": 0.0,
                           "crop_scale_min": 0.5, "local_crop_scale_min": 0.3, "num_local_views": 2}}
     epoch_metrics = ("gamma", "ema_beta", "logit_scale", "logit_bias", "instance_top1")
+    seed_probe = "logreg"  # the seed: CalibratedClassifierCV(LogisticRegression(max_iter=100)) on all train images
 
     @classmethod
     def validate(cls, config: SigmoidConfig, train: TrainConfig) -> None:
