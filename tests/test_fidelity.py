@@ -362,3 +362,33 @@ def test_sigmoid_seed_probe_is_calibrated_logistic_regression() -> None:
     m, spec = make_method("sigmoid", data, width=0.125, probe_epochs=1, probe="seed", num_local_views=0)
     metrics = loop._evaluate(m, m.build(), data, spec.train, torch.device("cpu"), final=True)
     assert "seed_linear_top1" not in metrics and 0.0 <= metrics["seed_logreg_top1"] <= 1.0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 8. The sigmoid seed's frozen backbone BatchNorm, as an option (freeze_backbone_bn)
+
+
+def test_freeze_backbone_bn_keeps_the_online_running_stats_during_fit() -> None:
+    import torch
+    from method_contract import data_batch, make_method
+
+    from trainables.data import load_dataset
+    from trainables.loop import RecordingReporter, fit
+
+    settings = {"dataset": "digits", "width": 0.125, "batch_size": 64, "epochs": 1, "num_local_views": 0,
+                "probe_epochs": 1, "logreg_probe": False}
+    reporter = RecordingReporter()
+    fit(TrialSpec.from_settings("sigmoid", {**settings, "freeze_backbone_bn": True}), reporter=reporter,
+        device=torch.device("cpu"))
+    stats = {k: v for k, v in reporter.state["model"].items()
+             if k.startswith("backbone.") and k.endswith(("running_mean", "running_var"))}
+    assert stats and all(torch.equal(v, torch.zeros_like(v) if k.endswith("mean") else torch.ones_like(v))
+                         for k, v in stats.items())
+    # Without the flag (default) a training forward moves them.
+    data = load_dataset("digits")
+    method, _ = make_method("sigmoid", data, **settings)
+    model = method.build().train()
+    batch = data_batch(data, 8)
+    method.loss(model, method.views(batch.images, torch.Generator().manual_seed(0)), batch, step=0)
+    assert any(not torch.equal(v, torch.zeros_like(v)) for k, v in model.state_dict().items()
+               if k.startswith("backbone.") and k.endswith("running_mean"))

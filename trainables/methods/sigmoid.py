@@ -82,6 +82,10 @@ class SigmoidConfig:
     init_logit_scale: float = 5.0  # initial logit scale e^t (t = log 5)
     init_bias: float = -5.0  # initial bias b
     max_scale: float = 5.0  # e^t is clamped to at most this
+    #: the seed's accident: its backbones' BatchNorm stays in eval mode (running statistics frozen at 0 / 1, so BN is
+    #: an affine layer) because ``get_feature_size`` calls ``.eval()`` and training never calls ``.train()``; its
+    #: published numbers come from that setting. False (default): BN trains normally.
+    freeze_backbone_bn: bool = False
 
     def __post_init__(self) -> None:
         check_range("gamma", self.gamma, low=0.0)
@@ -120,14 +124,26 @@ class ReLICModel(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, head: nn.Module, *, init_logit_scale: float = 5.0,
-                 init_bias: float = -5.0) -> None:
+                 init_bias: float = -5.0, freeze_backbone_bn: bool = False) -> None:
         super().__init__()
+        self.freeze_backbone_bn = freeze_backbone_bn
         self.backbone = backbone
         self.head = head
         self.target_backbone = MomentumTarget(backbone)
         self.target_head = MomentumTarget(head)
         self.log_temperature = nn.Parameter(torch.tensor(math.log(init_logit_scale)))
         self.bias = nn.Parameter(torch.tensor(float(init_bias)))
+
+    def train(self, mode: bool = True) -> ReLICModel:
+        """``nn.Module.train``; with ``freeze_backbone_bn`` the BatchNorm layers of both backbones stay in eval mode
+        (the seed's behaviour), so their running statistics never change."""
+        super().train(mode)
+        if self.freeze_backbone_bn:
+            for backbone in (self.backbone, self.target_backbone):
+                for m in backbone.modules():
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                        m.eval()
+        return self
 
     @staticmethod
     def _project(backbone: nn.Module, head: nn.Module, views: Sequence[Tensor]) -> list[Tensor]:
@@ -230,8 +246,9 @@ class Sigmoid(Method):
         backbone = self.build_backbone()
         head = projection_head(backbone.feature_dim, self.config.proj_out_dim, kind="mlp_bn",
                                hidden_dim=self.config.proj_hidden_dim, bias=False)  # the seed's critic MLP
-        return ReLICModel(backbone, head, init_logit_scale=self.config.init_logit_scale,
-                          init_bias=self.config.init_bias)
+        model = ReLICModel(backbone, head, init_logit_scale=self.config.init_logit_scale,
+                           init_bias=self.config.init_bias, freeze_backbone_bn=self.config.freeze_backbone_bn)
+        return model.train()
 
     def augmentations(self) -> list[AugmentConfig]:
         c = self.config
