@@ -132,7 +132,7 @@ class SelfConConfig:
 
     selfcon_pos: tuple[bool, ...] = (False, True, False)  # one flag per attach point of the backbone (ResNet: 3)
     selfcon_arch: Literal["resnet", "vgg", "wrn", "efficientnet"] = "resnet"  # must be the backbone's family
-    selfcon_size: Literal["fc", "small", "same"] = "fc"  # exit: head only | half-depth copy | full copy of the rest
+    selfcon_size: Literal["fc", "small", "same"] = "fc"  # exit: Linear(C_s -> C_last) | fewer-block copy | full copy
     temperature: float = 0.1  # tau in the loss
     base_temperature: float = 0.07  # the loss is scaled by temperature / base_temperature
     feat_dim: int = 128  # projection dimension (backbone and exits)
