@@ -321,16 +321,15 @@ def test_seed_probe_uses_the_methods_seed_lr_and_protocol(monkeypatch, method: s
     data = load_dataset("digits")
     m, spec = make_method(method, data, width=0.125, probe_epochs=1, probe="seed", seed_probe_epochs=2)
     seen = {}
-    real = loop.seed_linear_probe
 
-    def spy(*args, **kw):
+    def spy(*args, **kw):  # the protocol itself is tested below; here only what the loop passes to it
         seen.update(kw)
-        return real(*args, **kw)
+        return 0.5
 
     monkeypatch.setattr(loop, "seed_linear_probe", spy)
     metrics = loop._evaluate(m, m.build(), data, spec.train, torch.device("cpu"), final=True)
     assert (seen["lr"], seen["batch_size"], seen["epochs"]) == (lr, 512, 2)
-    assert 0.0 <= metrics["seed_linear_top1"] <= 1.0
+    assert metrics["seed_linear_top1"] == 0.5
 
 
 def test_seed_linear_probe_learns_separable_features() -> None:

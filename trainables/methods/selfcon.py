@@ -167,7 +167,7 @@ class SelfCon(Method):
     Config = SelfConConfig
     #: Reference README: batch 1024, lr 0.5, cosine, 1000 epochs; its code warms up for 10 epochs from 0.01 only
     #: when batch_size >= 1024 (SupContrast's code: > 256).
-    recipe = {"batch_size": 1024, "lr": 0.5, "epochs": 1000, "optimizer": "sgd", "momentum": 0.9,
+    recipe = {"lr": 0.5, "batch_size": 1024, "epochs": 1000, "optimizer": "sgd", "momentum": 0.9,
               "weight_decay": 1e-4, "schedule": "cosine", "warmup_epochs": "auto", "warmup_from": 0.01}
     auto_warmup = (1024, 10)
     seed_probe_lr = 3.0  # the reference's linear-evaluation learning rate

@@ -62,7 +62,7 @@ class SupCon(Method):
     Config = SupConConfig
     #: SupContrast README: ``--batch_size 1024 --learning_rate 0.5 --temp 0.1 --cosine``, 1000 epochs; its code warms
     #: up for 10 epochs from 0.01 whenever batch_size > 256 (``auto_warmup``).
-    recipe = {"batch_size": 1024, "lr": 0.5, "epochs": 1000, "optimizer": "sgd", "momentum": 0.9,
+    recipe = {"lr": 0.5, "batch_size": 1024, "epochs": 1000, "optimizer": "sgd", "momentum": 0.9,
               "weight_decay": 1e-4, "schedule": "cosine", "warmup_epochs": "auto", "warmup_from": 0.01}
     auto_warmup = (257, 10)
     seed_probe_lr = 5.0  # SupContrast README: main_linear.py --learning_rate 5
