@@ -20,13 +20,19 @@ def naive_supcon(
     contrast_mode: str = "all",
     anchor_samples: list[int] | None = None,
 ) -> torch.Tensor:
-    """The SupCon formula written anchor by anchor, in float64."""
+    """The SupCon formula written anchor by anchor, in float64: the mean over the anchors with a positive. With
+    ``anchor_samples``, the sum over those anchors divided by ``N_pos * n_selected / n_all`` (the per-rank share)."""
     batch, views, _ = features.shape
     features = features.double()
     labels = torch.arange(batch) if labels is None else labels
     vectors = [(features[b, v], int(labels[b])) for v in range(views) for b in range(batch)]  # index v * B + b
     samples = range(batch) if anchor_samples is None else anchor_samples
     anchor_views = range(views) if contrast_mode == "all" else range(1)
+    n_with_positive = sum(1 for v in anchor_views for b in range(batch)
+                          if any(vectors[p][1] == vectors[v * batch + b][1] for p in range(len(vectors))
+                                 if p != v * batch + b))
+    if n_with_positive == 0:
+        return torch.zeros((), dtype=torch.float64)
     terms = []
     for v in anchor_views:
         for b in samples:
@@ -40,7 +46,8 @@ def naive_supcon(
                 continue
             log_probs = [torch.log(torch.exp(z_i @ vectors[p][0] / temperature) / denominator) for p in positives]
             terms.append(-sum(log_probs) / len(positives))
-    return (temperature / base_temperature) * torch.stack(terms).mean()
+    share = n_with_positive * len(terms) / (len(anchor_views) * batch)
+    return (temperature / base_temperature) * torch.stack(terms).sum() / share
 
 
 def random_features(batch: int, views: int, dim: int = 8, *, seed: int = 0) -> torch.Tensor:
@@ -113,7 +120,7 @@ def test_identical_vectors_analytic() -> None:
     assert supcon_loss(features, temperature=tau).item() == pytest.approx(expected, rel=1e-12)
 
 
-def test_anchor_without_positive_contributes_zero_and_counts_in_mean() -> None:
+def test_anchor_without_positive_contributes_nothing_and_ranks_average_to_the_global_loss() -> None:
     features = random_features(3, 1, seed=4)
     labels = torch.tensor([0, 0, 1])  # sample 2 is alone in its class
     lonely = supcon_loss(features, labels, temperature=0.1, anchor_index=torch.tensor([2]))

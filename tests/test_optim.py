@@ -27,7 +27,7 @@ def test_cosine_with_warmup():
 
 def test_step_schedule_and_linear_scaling():
     t = TrainConfig(lr=0.4, epochs=10, schedule="step", lr_decay_epochs=(5, 8), lr_decay_rate=0.1,
-                    lr_scaling="linear", batch_size=512)
+                    lr_scaling="linear", batch_size=512, warmup_epochs=0)
     assert t.scaled_lr() == pytest.approx(0.8)
     kw = dict(train=t, steps_per_epoch=4, total_steps=40, peak=t.scaled_lr())
     assert lr_at(19, **kw) == pytest.approx(0.8)

@@ -54,7 +54,7 @@ def test_one_feature_per_enabled_exit_plus_backbone(name: str, size: str) -> Non
         assert list(feats) == ["backbone", *exit_names(k)]
         assert feats["backbone"].shape == (3, backbone.feature_dim)
         for exit_, key in zip(net.exits, exit_names(k)):
-            expected = backbone.stage_channels[exit_.attach_point] if size == "fc" else backbone.feature_dim
+            expected = backbone.feature_dim
             assert feats[key].shape == (3, expected) == (3, exit_.feature_dim)
 
 

@@ -112,7 +112,9 @@ class TrainConfig:
     schedule: Literal["cosine", "step", "constant"] = "cosine"
     lr_decay_epochs: tuple[int, ...] = ()  # epochs at which the step schedule multiplies lr by lr_decay_rate
     lr_decay_rate: float = 0.1
-    warmup_epochs: float = 0.0  # linear warm-up from warmup_from to the scheduled lr
+    #: linear warm-up from warmup_from to the scheduled lr; "auto": the method's seed rule (``Method.auto_warmup``:
+    #: SupCon/SimCLR/CE 10 epochs when batch_size > 256, SelfCon when >= 1024, others none), resolved by TrialSpec
+    warmup_epochs: float | Literal["auto"] = "auto"
     warmup_from: float = 0.01
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # autocast dtype; auto: bf16 on CUDA, off on CPU; fp16: GPU
     memory_format: Literal["auto", "channels_last", "contiguous"] = "auto"  # auto: channels_last on CUDA
@@ -129,6 +131,13 @@ class TrainConfig:
     probe_lr: float = 0.1
     probe_weight_decay: float = 0.0
     logreg_probe: bool = False  # also fit scikit-learn logistic regression on L2-normalised features
+    #: final probe protocol: "fast" (linear probe on precomputed features, above); "seed" adds the seed's own,
+    #: reported as seed_linear_top1 (SupContrast main_linear.py: crop+flip through the frozen encoder, SGD with step
+    #: decay, the method's seed lr) or, for the sigmoid method, seed_logreg_top1 (calibrated logistic regression)
+    probe: Literal["fast", "seed"] = "fast"
+    seed_probe_epochs: int = 100  # epochs of the seed probe (the seed's 100; decays at 60/75/90 % of them)
+    seed_probe_batch_size: int = 512  # the seed's README batch (> 256 turns on its 10-epoch warm-up)
+    seed_probe_lr: float | None = None  # None: the method's seed lr (SupCon 5, SimCLR 1, SelfCon 3, else 0.1)
     # compute
     num_threads: int = 0  # torch intra-op threads per worker; 0 = the CPUs the worker holds
 
@@ -150,7 +159,10 @@ class TrainConfig:
         if self.schedule == "step" and not self.lr_decay_epochs:
             raise ConfigError("`lr_decay_epochs` must list at least one epoch when schedule=step, but got ()")
         check_range("lr_decay_rate", self.lr_decay_rate, low=0.0, high=1.0, low_inclusive=False)
-        check_range("warmup_epochs", self.warmup_epochs, low=0.0, high=self.epochs, high_inclusive=False)
+        if isinstance(self.warmup_epochs, str):
+            check_choice("warmup_epochs", self.warmup_epochs, ("auto",))
+        else:
+            check_range("warmup_epochs", self.warmup_epochs, low=0.0, high=self.epochs, high_inclusive=False)
         check_range("warmup_from", self.warmup_from, low=0.0)
         check_range("grad_clip", self.grad_clip, low=0.0)
         check_range("knn_k", self.knn_k, low=1)
@@ -159,6 +171,10 @@ class TrainConfig:
         check_range("probe_epochs", self.probe_epochs, low=0)
         check_range("probe_lr", self.probe_lr, low=0.0, low_inclusive=False)
         check_range("probe_weight_decay", self.probe_weight_decay, low=0.0)
+        check_range("seed_probe_epochs", self.seed_probe_epochs, low=1)
+        check_range("seed_probe_batch_size", self.seed_probe_batch_size, low=1)
+        if self.seed_probe_lr is not None:
+            check_range("seed_probe_lr", self.seed_probe_lr, low=0.0, low_inclusive=False)
         check_range("num_threads", self.num_threads, low=0)
         if self.image_size is not None:
             check_range("image_size", self.image_size, low=8)

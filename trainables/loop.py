@@ -30,10 +30,21 @@ from torch import nn
 from trainables import distributed
 from trainables.config import ConfigError, TrainConfig
 from trainables.data import ImageData, load_dataset
+from trainables.data.augment import AugmentConfig, BatchAugment, eval_transform
 from trainables.methods import Batch, Method, RunShape, get_method, unwrap
+from trainables.metrics import seed_probe_metric
 from trainables.nets.syncbn import convert_sync_batchnorm
 from trainables.optim import build_optimizer, lr_at
-from trainables.probe import extract_features, knn_top1, linear_probe, logreg_probe, top1
+from trainables.probe import (
+    calibrated_logreg_probe,
+    ensemble_logits,
+    extract_features,
+    knn_top1,
+    linear_probe,
+    logreg_probe,
+    seed_linear_probe,
+    top1,
+)
 from trainables.trial import TrialSpec
 
 __all__ = ["CHECKPOINT_VERSION", "RecordingReporter", "Reporter", "check_data", "evaluate_untrained", "fit", "load_data"]
@@ -182,12 +193,36 @@ def _evaluate(method: Method, model: nn.Module, data: ImageData, train: TrainCon
         if name != "backbone":
             metrics[f"{name}_top1"] = top1(out["test"], y_test)
     if len(logits) > 1:
-        mean_logits = torch.stack([out["test"].softmax(1) for out in logits.values()]).mean(0)
-        metrics["ensemble_top1"] = top1(mean_logits, y_test)
+        metrics["ensemble_top1"] = top1(ensemble_logits([out["test"] for out in logits.values()]), y_test)
     if train.logreg_probe:
         scores = logreg_probe(bank["backbone"], y_bank, {"test": (test["backbone"], y_test)}, seed=train.seed)
         metrics["logreg_top1"] = scores["test"]
+    if train.probe == "seed":
+        metrics.update(_seed_probe(method, module, data, train, device, bank["backbone"], y_bank,
+                                   test["backbone"], y_test))
     return metrics
+
+
+def _seed_probe(method: Method, module: nn.Module, data: ImageData, train: TrainConfig, device: torch.device,
+                bank: torch.Tensor, y_bank: torch.Tensor, test: torch.Tensor, y_test: torch.Tensor) -> dict[str, float]:
+    """``probe=seed``: the method's seed evaluation (:attr:`Method.seed_probe`) on the labelled training images."""
+    name = seed_probe_metric(type(method))
+    if method.seed_probe == "logreg":
+        return {name: calibrated_logreg_probe(bank, y_bank, {"test": (test, y_test)})["test"]}
+    augment = BatchAugment(AugmentConfig(size=data.image_size, scale=(0.2, 1.0), jitter_p=0.0, grayscale_p=0.0),
+                           mean=data.mean, std=data.std)
+    module.eval()
+    try:
+        top = seed_linear_probe(
+            lambda x: method.eval_features(module, x)["backbone"], augment,
+            lambda x: eval_transform(x, mean=data.mean, std=data.std),
+            data.train_labeled.images, y_bank, data.test.images, y_test, num_classes=data.num_classes,
+            epochs=train.seed_probe_epochs, batch_size=train.seed_probe_batch_size,
+            lr=train.seed_probe_lr if train.seed_probe_lr is not None else method.seed_probe_lr,
+            device=device, seed=train.seed)
+    finally:
+        module.train()
+    return {name: top}
 
 
 def fit(

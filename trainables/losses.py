@@ -53,7 +53,9 @@ def supcon_loss(
         L = (tau / base_tau) * mean_i [ -1/|P(i)| * sum_{p in P(i)} log( exp(z_i.z_p / tau)
                                                                         / sum_{a in A(i)} exp(z_i.z_a / tau) ) ]
 
-    An anchor without positives contributes 0 and still counts in the mean. The features are used as given
+    The mean is over the anchors with at least one positive (SupContrast's ``mask_pos_pairs``; SupCon-S with one
+    view): an anchor without positives contributes nothing, never NaN, and if no anchor has one the loss is 0 with a
+    zero gradient. The features are used as given
     (callers L2-normalise them); the logits are computed in at least float32 and shifted by their detached max over
     ``A(i)``, so the loss and its gradient stay finite for any temperature.
 
@@ -68,7 +70,9 @@ def supcon_loss(
             mean of their losses equal to the global loss.
 
     Returns:
-        Scalar loss: the mean over ``n_anchor = len(anchor samples) * (V if contrast_mode == "all" else 1)``.
+        Scalar loss. With ``anchor_index``, the sum over this call's anchors is divided by ``N_pos * n_local /
+        n_all`` (``N_pos``: anchors of the whole batch with a positive; ``n_local``, ``n_all``: this call's and the
+        whole batch's anchor counts), so that the mean of the per-rank losses is the global mean over ``N_pos``.
     """
     if features.ndim != 3:
         raise ValueError(f"`features` must have shape [B, V, D], but got shape {tuple(features.shape)}")
@@ -121,7 +125,14 @@ def supcon_loss(
     n_positive = positive.sum(dim=1)
     positive_logits = (logits * positive).sum(dim=1)
     mean_log_prob_pos = (positive_logits - n_positive * log_normaliser) / n_positive.clamp(min=1)
-    return -(temperature / base_temperature) * mean_log_prob_pos.mean()
+    # Anchors of the whole batch with a positive: sample b's vectors have views * count(label_b) - 1 positives.
+    _, inverse, counts = torch.unique(sample_labels, return_inverse=True, return_counts=True)
+    n_with_positive = anchor_views * int((views * counts[inverse] > 1).sum())
+    n_all = anchor_views * batch
+    if n_with_positive == 0:
+        return mean_log_prob_pos.sum() * 0.0  # every term is 0; keeps the graph, so the gradient is 0
+    denominator = n_with_positive * anchor_ids.numel() / n_all  # n_with_positive without anchor_index
+    return -(temperature / base_temperature) * mean_log_prob_pos.sum() / denominator
 
 
 def _anchor_samples(anchor_index: slice | Tensor | None, batch: int, device: torch.device) -> Tensor:
@@ -179,8 +190,9 @@ def sigmoid_pairwise_loss(
     with ``logsigmoid`` and the penalty as ``exp(gamma * logsigmoid(-y * logits))`` (``1 - sigmoid(z) = sigmoid(-z)``),
     so both stay finite for any logit. Computed in at least float32.
 
-    Penalty filtering (``filter_threshold`` not None): negative pairs whose penalty ``(1 - p_ij)^gamma`` is
-    ``<= filter_threshold`` contribute nothing (positives are always kept); the sum is still divided by ``n``.
+    Penalty filtering (``filter_threshold`` not None), as the seed: negative pairs whose penalty
+    ``(1 - p_ij)^gamma`` is ``<= filter_threshold`` are dropped (positives are always kept) and the kept pairs lose
+    the penalty weight, ``L = -(1/n) * sum_{(i,j) kept} log sigmoid(y_ij * logits_ij) + alpha * KL``.
 
     Args:
         x: online projections ``[n, d]``.
@@ -190,7 +202,8 @@ def sigmoid_pairwise_loss(
         gamma: confidence-penalty exponent, ``>= 0``.
         alpha: weight of the KL invariance term, ``>= 0``.
         max_scale: upper clamp of ``e^t``, ``> 0``.
-        filter_threshold: drop negatives with penalty ``<=`` this value; None keeps every pair.
+        filter_threshold: drop negatives with penalty ``<=`` this value and weight the kept pairs by 1; None keeps
+            every pair with its penalty weight.
 
     Returns:
         Scalar loss.
@@ -219,10 +232,11 @@ def sigmoid_pairwise_loss(
     positive = torch.eye(n, dtype=torch.bool, device=x.device)
     signed = torch.where(positive, logits, -logits)  # y_ij * logits_ij
     log_p = torch.nn.functional.logsigmoid(signed)  # log sigmoid(y * logits)
-    terms = log_p if gamma == 0 else torch.exp(gamma * torch.nn.functional.logsigmoid(-signed)) * log_p
-    if filter_threshold is not None:
+    if filter_threshold is not None:  # the seed: keep positives and confident-enough negatives, unweighted
         penalty = torch.exp(gamma * torch.nn.functional.logsigmoid(-signed.detach()))
-        terms = terms.masked_fill(~positive & (penalty <= filter_threshold), 0.0)
+        terms = log_p.masked_fill(~positive & (penalty <= filter_threshold), 0.0)
+    else:
+        terms = log_p if gamma == 0 else torch.exp(gamma * torch.nn.functional.logsigmoid(-signed)) * log_p
     loss = -terms.sum() / n
     if alpha:
         kl = torch.nn.functional.kl_div(logits.log_softmax(dim=1), logits.softmax(dim=0).T, reduction="batchmean")

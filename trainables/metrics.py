@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-__all__ = ["SHARED_EPOCH_METRICS", "SHARED_FINAL_METRICS", "MetricNames", "reported_metrics"]
+__all__ = ["SHARED_EPOCH_METRICS", "SHARED_FINAL_METRICS", "MetricNames", "reported_metrics", "seed_probe_metric"]
 
 #: Reported by every trial after every epoch.
 SHARED_EPOCH_METRICS: tuple[str, ...] = (
@@ -40,11 +40,23 @@ class MetricNames(NamedTuple):
         return (*self.epoch, *self.final)
 
 
-def reported_metrics(method: str | type, config: Any = None) -> MetricNames:
-    """Shared metrics plus the extras of ``method`` (a name or a Method class) for ``config``; ``config=None`` gives
-    every name some configuration of the method may report."""
+def seed_probe_metric(method: str | type) -> str:
+    """The final metric ``probe=seed`` adds for ``method``: ``seed_linear_top1`` or ``seed_logreg_top1``."""
+    from trainables.methods import get_method
+
+    cls = get_method(method) if isinstance(method, str) else method
+    return f"seed_{cls.seed_probe}_top1"
+
+
+def reported_metrics(method: str | type, config: Any = None, train: Any = None) -> MetricNames:
+    """Shared metrics plus the extras of ``method`` (a name or a Method class) for ``config`` (the method's config)
+    and ``train`` (the TrainConfig: ``probe=seed`` adds :func:`seed_probe_metric`). ``config=None`` and
+    ``train=None`` give every name some configuration of the method may report; with ``config`` given and
+    ``train=None``, TrainConfig's default (``probe=fast``) is assumed."""
     from trainables.methods import get_method
 
     cls = get_method(method) if isinstance(method, str) else method
     extras = cls.metrics(config)
-    return MetricNames((*SHARED_EPOCH_METRICS, *extras.epoch), (*SHARED_FINAL_METRICS, *extras.final))
+    seed = train.probe == "seed" if train is not None else config is None
+    final = (*SHARED_FINAL_METRICS, *extras.final, *((seed_probe_metric(cls),) if seed else ()))
+    return MetricNames((*SHARED_EPOCH_METRICS, *extras.epoch), final)

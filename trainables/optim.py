@@ -74,8 +74,12 @@ def lr_at(step: int, train: TrainConfig, *, steps_per_epoch: int, total_steps: i
 
     Warm-up: linear from ``warmup_from`` to the schedule's value at the end of warm-up (SupContrast). Cosine:
     ``eta_min + (peak - eta_min) * (1 + cos(pi * t / T)) / 2`` with ``eta_min = peak * lr_decay_rate**3`` (the
-    reference's choice). Step: ``peak * lr_decay_rate ** (number of lr_decay_epochs passed)``.
+    reference's choice). Step: ``peak * lr_decay_rate ** (number of lr_decay_epochs passed)``. ``warmup_epochs``
+    must be a number: ``TrialSpec`` resolves ``"auto"`` with the method's rule.
     """
+    if train.warmup_epochs == "auto":
+        raise ValueError("`warmup_epochs` must be resolved to a number (TrialSpec.from_settings applies the method's "
+                         "rule), but got warmup_epochs='auto'")
     def scheduled(s: int) -> float:
         if train.schedule == "constant":
             return peak

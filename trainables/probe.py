@@ -7,17 +7,18 @@ probe below works on plain ``[N, D]`` tensors. Accuracies are fractions in [0, 1
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from trainables import distributed
 from trainables.data.augment import eval_transform
 
-__all__ = ["extract_features", "knn_top1", "linear_probe", "logreg_probe", "top1"]
+__all__ = ["calibrated_logreg_probe", "ensemble_logits", "extract_features", "knn_top1", "linear_probe", "logreg_probe",
+           "seed_linear_probe", "top1"]
 
 
 @torch.no_grad()
@@ -133,6 +134,14 @@ def linear_probe(
         return {name: head((f - mu) / sd) for name, (f, _) in eval_sets.items()}
 
 
+def ensemble_logits(logits: Sequence[Tensor]) -> Tensor:
+    """SelfCon's exit ensemble: the mean of the probes' logits, ``[K] x [N, C] -> [N, C]`` (the reference averages
+    logits, not softmax probabilities)."""
+    if not logits:
+        raise ValueError("`logits` must hold at least one [N, C] tensor, but got none")
+    return torch.stack(list(logits)).mean(0)
+
+
 def top1(logits: Tensor, labels: Tensor) -> float:
     """Fraction of rows whose arg-max equals the label."""
     return (logits.argmax(1) == labels).float().mean().item() if len(labels) else 0.0
@@ -155,3 +164,91 @@ def logreg_probe(
         name: float((clf.predict(F.normalize(f.float(), dim=1).numpy()) == y.numpy()).mean()) if len(y) else 0.0
         for name, (f, y) in eval_sets.items()
     }
+
+
+def calibrated_logreg_probe(
+    train_features: Tensor,
+    train_labels: Tensor,
+    eval_sets: Mapping[str, tuple[Tensor, Tensor]],
+) -> dict[str, float]:
+    """The sigmoid seed's evaluation (``scl/stl10_eval.py``): ``CalibratedClassifierCV(LogisticRegression(
+    max_iter=100))`` fitted on L2-normalised features of every training image; top-1 per set."""
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.linear_model import LogisticRegression
+
+    clf = CalibratedClassifierCV(LogisticRegression(max_iter=100))
+    clf.fit(F.normalize(train_features.float(), dim=1).numpy(), train_labels.numpy())
+    return {
+        name: float((clf.predict(F.normalize(f.float(), dim=1).numpy()) == y.numpy()).mean()) if len(y) else 0.0
+        for name, (f, y) in eval_sets.items()
+    }
+
+
+def seed_linear_probe(
+    encode: Callable[[Tensor], Tensor],
+    augment: Callable[[Tensor, torch.Generator], Tensor],
+    normalize: Callable[[Tensor], Tensor],
+    train_images: np.ndarray,
+    train_labels: Tensor,
+    test_images: np.ndarray,
+    test_labels: Tensor,
+    *,
+    num_classes: int,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    device: torch.device,
+    seed: int = 0,
+    decay_at: tuple[float, ...] = (0.6, 0.75, 0.9),
+    decay_rate: float = 0.2,
+    momentum: float = 0.9,
+    warmup_epochs: float = 10.0,
+    warmup_from: float = 0.01,
+) -> float:
+    """SupContrast's ``main_linear.py`` protocol; returns the last epoch's test top-1.
+
+    Each epoch, every training image is augmented anew (``augment``: crop + flip) and passed through the frozen
+    encoder ``encode`` (``[B, C, H, W] -> [B, D]``, in eval mode, no gradient); a linear layer ``D -> num_classes``
+    is trained with cross-entropy by SGD (``momentum``, no weight decay). Learning rate: ``lr * decay_rate ** k``
+    after the ``k``-th of the epochs ``decay_at * epochs`` (the seed's 60, 75, 90 of 100), with a linear warm-up
+    from ``warmup_from`` over ``min(warmup_epochs, epochs / 2)`` epochs when ``batch_size > 256`` (the seed's rule).
+    Test images are only normalised (``normalize``: uint8 -> float).
+    """
+    if epochs < 1 or batch_size < 1:
+        raise ValueError(f"`epochs >= 1` and `batch_size >= 1` must hold, but got epochs={epochs}, "
+                         f"batch_size={batch_size}")
+    generator = torch.Generator(device=device).manual_seed(seed)
+    order_rng = np.random.default_rng(seed)
+    n = len(train_images)
+    steps = max(1, math.ceil(n / batch_size))
+    warm = min(warmup_epochs, epochs / 2) * steps if batch_size > 256 else 0
+    decay_epochs = [round(f * epochs) for f in decay_at]
+    classifier: nn.Linear | None = None
+    optimizer: torch.optim.Optimizer | None = None
+    for epoch in range(epochs):
+        order = order_rng.permutation(n)
+        for i in range(steps):
+            rows = np.sort(order[i * batch_size:(i + 1) * batch_size])
+            images = torch.from_numpy(np.ascontiguousarray(train_images[rows])).to(device)
+            with torch.no_grad():
+                feats = encode(augment(images, generator)).float()
+            if classifier is None:
+                classifier = nn.Linear(feats.shape[1], num_classes).to(device)
+                optimizer = torch.optim.SGD(classifier.parameters(), lr=lr, momentum=momentum, weight_decay=0.0)
+            step = epoch * steps + i
+            rate = lr * decay_rate ** sum(epoch >= e for e in decay_epochs)
+            if step < warm:
+                rate = warmup_from + (rate - warmup_from) * step / warm
+            for group in optimizer.param_groups:
+                group["lr"] = rate
+            loss = F.cross_entropy(classifier(feats), train_labels[rows].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(test_images), batch_size):
+            images = torch.from_numpy(np.array(test_images[start:start + batch_size])).to(device)
+            logits = classifier(encode(normalize(images)).float())
+            correct += int((logits.argmax(1).cpu() == test_labels[start:start + batch_size]).sum())
+    return correct / max(1, len(test_images))

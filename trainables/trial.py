@@ -40,7 +40,8 @@ class TrialSpec:
         """Validate ``settings`` (flat ``key -> value``) for ``method``; raises ConfigError naming the field.
 
         Precedence, lowest first: the dataclass defaults, the method's ``recipe``, the named ``preset`` (one of the
-        method's ``presets``), then ``settings``.
+        method's ``presets``), then ``settings``. ``warmup_epochs="auto"`` becomes the method's seed rule
+        (:meth:`Method.resolve_warmup`), so ``spec.train.warmup_epochs`` is always a number.
         """
         from trainables.methods import get_method
 
@@ -59,6 +60,7 @@ class TrialSpec:
         method_values, train_values = split_overrides(settings, method_cls.Config, TrainConfig)
         method_config = coerce_dataclass(method_cls.Config, method_values)
         train = coerce_dataclass(TrainConfig, {**method_cls.recipe, **train_values})
+        train = dataclasses.replace(train, warmup_epochs=method_cls.resolve_warmup(train))
         method_cls.validate(method_config, train)
         return cls(method=method, train=train, method_config=method_config)
 

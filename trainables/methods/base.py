@@ -118,6 +118,13 @@ class Method(ABC):
     #: ``digits`` is required: a setting that clearly learns on the embedded digits in well under a minute on one CPU
     #: core (the contract's short-run test holds every method to it, measured against an untrained encoder).
     presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    #: The seed's warm-up rule that ``warmup_epochs="auto"`` applies: ``(min_batch, epochs)`` warms up for ``epochs``
+    #: (at most half the run) from ``warmup_from`` when ``batch_size >= min_batch``; None: never.
+    auto_warmup: ClassVar[tuple[int, float] | None] = None
+    #: ``probe=seed``: the seed's evaluation, ``"linear"`` (SupContrast's main_linear.py at ``seed_probe_lr``,
+    #: reported as ``seed_linear_top1``) or ``"logreg"`` (calibrated logistic regression, ``seed_logreg_top1``).
+    seed_probe: ClassVar[str] = "linear"
+    seed_probe_lr: ClassVar[float] = 0.1  # main_linear.py's default learning rate
     #: Per-epoch extras this method reports: every key of ``loss``'s logs and of ``epoch_logs``.
     epoch_metrics: ClassVar[tuple[str, ...]] = ()
     #: Extras of the final report only (probes of extra eval features, ...).
@@ -141,6 +148,16 @@ class Method(ABC):
         """The extras this method reports for ``config`` (None: every name some configuration may report).
         Default: ``epoch_metrics`` and ``final_metrics``."""
         return MetricNames(tuple(cls.epoch_metrics), tuple(cls.final_metrics))
+
+    @classmethod
+    def resolve_warmup(cls, train: TrainConfig) -> float:
+        """Warm-up epochs of ``train``: its own number, or for ``"auto"`` the rule ``auto_warmup``:
+        ``min(epochs_rule, train.epochs / 2)`` if ``batch_size >= min_batch`` else 0."""
+        if train.warmup_epochs != "auto":
+            return float(train.warmup_epochs)
+        if cls.auto_warmup is None or train.batch_size < cls.auto_warmup[0]:
+            return 0.0
+        return float(min(cls.auto_warmup[1], train.epochs / 2))
 
     @classmethod
     def validate(cls, config: Any, train: TrainConfig) -> None:

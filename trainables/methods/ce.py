@@ -36,7 +36,11 @@ class CrossEntropy(Method):
 
     name = "ce"
     Config = CrossEntropyConfig
-    recipe = {"lr": 0.8, "optimizer": "sgd", "momentum": 0.9, "weight_decay": 1e-4, "schedule": "cosine"}
+    #: SupContrast README: ``main_ce.py --batch_size 1024 --learning_rate 0.8 --cosine``, 500 epochs (its default);
+    #: 10 warm-up epochs from 0.01 when batch_size > 256.
+    recipe = {"lr": 0.8, "batch_size": 1024, "epochs": 500, "optimizer": "sgd", "momentum": 0.9,
+              "weight_decay": 1e-4, "schedule": "cosine", "warmup_epochs": "auto", "warmup_from": 0.01}
+    auto_warmup = (257, 10)
     presets = {"digits": {"dataset": "digits", "width": 0.25, "batch_size": 128, "epochs": 10, "lr": 0.05}}
     epoch_metrics = ("train_top1",)
 

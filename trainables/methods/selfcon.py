@@ -25,7 +25,7 @@ reference (``main_represent.py``)                 here
 ================================================  ================================================================
 ``--method Con`` (two views, no labels)           ``simclr``
 ``--method SupCon --multiview``                   ``supcon``
-``--method SupCon`` (one view, SupCon-S)          ``supcon --set n_views=1`` (anchors without a positive count as 0)
+``--method SupCon`` (one view, SupCon-S)          ``supcon --set n_views=1`` (mean over anchors with a positive)
 ``--method SelfCon``                              ``selfcon`` (``labels=true``)
 ``--method SelfCon --label`` (store_false!)       ``selfcon --set labels=false`` (SelfCon-U)
 ``--method SelfCon --multiview``                  ``selfcon --set multiview=true`` (SelfCon-M)
@@ -85,8 +85,8 @@ def selfcon_loss(
         alpha > 0:   L = S_F + alpha * S(exit vectors)                    (SelfCon-S*, -M*)
 
     where ``S_F`` is SupCon on the backbone views alone (``features[:, ~exit_views]``), averaged over the backbone
-    anchors that have at least one positive: with one backbone view this is SupCon-S, ``supcon_loss * B / B_pos``
-    with ``B_pos`` the samples whose label occurs twice (0 without labels).
+    anchors that have at least one positive (as every :func:`~trainables.losses.supcon_loss`): with one backbone
+    view this is SupCon-S, the mean over the ``B_pos`` samples whose label occurs twice (0 without labels).
 
     Args:
         features: ``[B, W, D]``; under DDP the gathered global batch.
@@ -116,14 +116,7 @@ def selfcon_loss(
     if not exits or not backbone:
         raise ValueError(f"`exit_views` must mark at least one exit and one backbone view when alpha > 0, but got "
                          f"{is_exit}")
-    batch = features.shape[0]
-    loss_f = supcon_loss(features[:, backbone], labels, **kw)
-    if len(backbone) == 1:  # SupCon-S: average over the anchors with a positive
-        with_positive = 0
-        if labels is not None:
-            _, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
-            with_positive = int((counts[inverse] > 1).sum())
-        loss_f = loss_f * (batch / max(with_positive, 1))
+    loss_f = supcon_loss(features[:, backbone], labels, **kw)  # one view: SupCon-S, over anchors with a positive
     # Exit anchors only: each exit view in turn is view 0 of a contrast_mode="one" call over all W views; the mean of
     # these equal-sized means is the mean over every exit anchor.
     loss_g = torch.stack([
@@ -139,7 +132,7 @@ class SelfConConfig:
 
     selfcon_pos: tuple[bool, ...] = (False, True, False)  # one flag per attach point of the backbone (ResNet: 3)
     selfcon_arch: Literal["resnet", "vgg", "wrn", "efficientnet"] = "resnet"  # must be the backbone's family
-    selfcon_size: Literal["fc", "small", "same"] = "fc"  # exit: head only | half-depth copy | full copy of the rest
+    selfcon_size: Literal["fc", "small", "same"] = "fc"  # exit: Linear(C_s -> C_last) | fewer-block copy | full copy
     temperature: float = 0.1  # tau in the loss
     base_temperature: float = 0.07  # the loss is scaled by temperature / base_temperature
     feat_dim: int = 128  # projection dimension (backbone and exits)
@@ -172,7 +165,12 @@ class SelfCon(Method):
 
     name = "selfcon"
     Config = SelfConConfig
-    recipe = {"lr": 0.5, "optimizer": "sgd", "momentum": 0.9, "weight_decay": 1e-4, "schedule": "cosine"}
+    #: Reference README: batch 1024, lr 0.5, cosine, 1000 epochs; its code warms up for 10 epochs from 0.01 only
+    #: when batch_size >= 1024 (SupContrast's code: > 256).
+    recipe = {"lr": 0.5, "batch_size": 1024, "epochs": 1000, "optimizer": "sgd", "momentum": 0.9,
+              "weight_decay": 1e-4, "schedule": "cosine", "warmup_epochs": "auto", "warmup_from": 0.01}
+    auto_warmup = (1024, 10)
+    seed_probe_lr = 3.0  # the reference's linear-evaluation learning rate
     #: digits: with the reference's independent MLP heads, 10 SGD epochs on digits collapse every projection onto one
     #: point (the loss sticks at its uniform value); BatchNorm in the heads (``mlp_bn``) trains.
     presets = {"digits": {"dataset": "digits", "width": 0.25, "batch_size": 128, "epochs": 15, "lr": 0.05, "crop_scale_min": 0.5,

@@ -11,8 +11,8 @@ Views (multi-crop): ``num_global_views`` ReLIC global views at full size, then `
 ``int(size * local_size_ratio)`` px (:func:`trainables.data.augment.multicrop`). The target projects the global views
 only; every target projection of global view ``g`` is paired with every online projection of a view ``v != g``
 (global and local) and the ``G * (G + L - 1)`` pair losses are averaged (:func:`multiview_sigmoid_loss`). With
-``use_penalty_filtering``, negatives whose penalty is at most ``filtering_threshold`` are dropped from step
-``filtering_warmup_steps`` on.
+``use_penalty_filtering``, negatives whose penalty is at most ``filtering_threshold`` are dropped, and the kept pairs
+lose their penalty weight, once ``step > filtering_warmup_steps`` (the seed's test).
 
 Schedules: the confidence penalty ``gamma`` (:func:`trainables.schedules.gamma_at`) and the EMA coefficient
 (:func:`trainables.schedules.ema_beta_at`) are pure functions of the loop's global optimiser step and the run's
@@ -71,7 +71,7 @@ class SigmoidConfig:
     ema_every_n_steps: int = 1  # EMA update of the target on steps that are multiples of this
     use_penalty_filtering: bool = False  # drop negatives whose penalty (1 - p)^gamma <= filtering_threshold
     filtering_threshold: float = 0.05  # penalty threshold of the filtering
-    filtering_warmup_steps: int = 5000  # filtering starts at this step
+    filtering_warmup_steps: int = 5000  # filtering starts after this step (step > filtering_warmup_steps, as the seed)
     num_global_views: int = 2  # full-size views (target and online)
     num_local_views: int = 4  # small views (online only)
     local_size_ratio: float = 3 / 7  # local view side = int(image side * ratio)
@@ -82,6 +82,10 @@ class SigmoidConfig:
     init_logit_scale: float = 5.0  # initial logit scale e^t (t = log 5)
     init_bias: float = -5.0  # initial bias b
     max_scale: float = 5.0  # e^t is clamped to at most this
+    #: the seed's accident: its backbones' BatchNorm stays in eval mode (running statistics frozen at 0 / 1, so BN is
+    #: an affine layer) because ``get_feature_size`` calls ``.eval()`` and training never calls ``.train()``; its
+    #: published numbers come from that setting. False (default): BN trains normally.
+    freeze_backbone_bn: bool = False
 
     def __post_init__(self) -> None:
         check_range("gamma", self.gamma, low=0.0)
@@ -120,14 +124,26 @@ class ReLICModel(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, head: nn.Module, *, init_logit_scale: float = 5.0,
-                 init_bias: float = -5.0) -> None:
+                 init_bias: float = -5.0, freeze_backbone_bn: bool = False) -> None:
         super().__init__()
+        self.freeze_backbone_bn = freeze_backbone_bn
         self.backbone = backbone
         self.head = head
         self.target_backbone = MomentumTarget(backbone)
         self.target_head = MomentumTarget(head)
         self.log_temperature = nn.Parameter(torch.tensor(math.log(init_logit_scale)))
         self.bias = nn.Parameter(torch.tensor(float(init_bias)))
+
+    def train(self, mode: bool = True) -> ReLICModel:
+        """``nn.Module.train``; with ``freeze_backbone_bn`` the BatchNorm layers of both backbones stay in eval mode
+        (the seed's behaviour), so their running statistics never change."""
+        super().train(mode)
+        if self.freeze_backbone_bn:
+            for backbone in (self.backbone, self.target_backbone):
+                for m in backbone.modules():
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                        m.eval()
+        return self
 
     @staticmethod
     def _project(backbone: nn.Module, head: nn.Module, views: Sequence[Tensor]) -> list[Tensor]:
@@ -194,12 +210,15 @@ class Sigmoid(Method):
 
     name = "sigmoid"
     Config = SigmoidConfig
-    recipe = {"optimizer": "adam", "lr": 3e-4, "weight_decay": 1e-5, "schedule": "constant", "logreg_probe": True}
+    #: The seed's ``run_training.py`` defaults: batch 256, 100 epochs, Adam lr 3e-4, wd 1e-5, no schedule, no warm-up.
+    recipe = {"batch_size": 256, "epochs": 100, "optimizer": "adam", "lr": 3e-4, "weight_decay": 1e-5,
+              "schedule": "constant", "warmup_epochs": "auto", "logreg_probe": True}
     #: digits (16 px): milder crops (the seed's 0.1 / 0.05 scales leave a few pixels of an 8x8 digit), 2 local views,
     #: batch 64 (twice the steps), lr 1e-3 and beta0 = 0 (the target follows the online encoder early, then slows).
     presets = {"digits": {"dataset": "digits", "width": 0.25, "batch_size": 64, "epochs": 15, "lr": 1e-3, "beta": 0.0,
                           "crop_scale_min": 0.5, "local_crop_scale_min": 0.3, "num_local_views": 2}}
     epoch_metrics = ("gamma", "ema_beta", "logit_scale", "logit_bias", "instance_top1")
+    seed_probe = "logreg"  # the seed: CalibratedClassifierCV(LogisticRegression(max_iter=100)) on all train images
 
     @classmethod
     def validate(cls, config: SigmoidConfig, train: TrainConfig) -> None:
@@ -227,8 +246,9 @@ class Sigmoid(Method):
         backbone = self.build_backbone()
         head = projection_head(backbone.feature_dim, self.config.proj_out_dim, kind="mlp_bn",
                                hidden_dim=self.config.proj_hidden_dim, bias=False)  # the seed's critic MLP
-        return ReLICModel(backbone, head, init_logit_scale=self.config.init_logit_scale,
-                          init_bias=self.config.init_bias)
+        model = ReLICModel(backbone, head, init_logit_scale=self.config.init_logit_scale,
+                           init_bias=self.config.init_bias, freeze_backbone_bn=self.config.freeze_backbone_bn)
+        return model.train()
 
     def augmentations(self) -> list[AugmentConfig]:
         c = self.config
@@ -243,7 +263,7 @@ class Sigmoid(Method):
         target = torch.stack([z.float() for z in module.target(views[:n_global])], 1)  # [b, G, d]
         online = distributed.gather_with_grad(online)  # [N, V, d], N = global batch
         target = distributed.gather(target)  # [N, G, d]
-        filtering = c.use_penalty_filtering and step >= c.filtering_warmup_steps
+        filtering = c.use_penalty_filtering and step > c.filtering_warmup_steps  # the seed's global_step > warmup
         loss = multiview_sigmoid_loss(online, target, log_temperature=module.log_temperature, bias=module.bias,
                                       gamma=self.gamma(step), alpha=c.alpha, max_scale=c.max_scale,
                                       filter_threshold=c.filtering_threshold if filtering else None)

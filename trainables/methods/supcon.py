@@ -60,7 +60,12 @@ class SupCon(Method):
 
     name = "supcon"
     Config = SupConConfig
-    recipe = {"lr": 0.5, "optimizer": "sgd", "momentum": 0.9, "weight_decay": 1e-4, "schedule": "cosine"}
+    #: SupContrast README: ``--batch_size 1024 --learning_rate 0.5 --temp 0.1 --cosine``, 1000 epochs; its code warms
+    #: up for 10 epochs from 0.01 whenever batch_size > 256 (``auto_warmup``).
+    recipe = {"lr": 0.5, "batch_size": 1024, "epochs": 1000, "optimizer": "sgd", "momentum": 0.9,
+              "weight_decay": 1e-4, "schedule": "cosine", "warmup_epochs": "auto", "warmup_from": 0.01}
+    auto_warmup = (257, 10)
+    seed_probe_lr = 5.0  # SupContrast README: main_linear.py --learning_rate 5
     presets = {"digits": {"dataset": "digits", "width": 0.25, "batch_size": 128, "epochs": 10, "lr": 0.05, "crop_scale_min": 0.5}}
 
     @classmethod
@@ -95,6 +100,7 @@ class SimCLR(SupCon):
 
     name = "simclr"
     Config = SimCLRConfig
+    seed_probe_lr = 1.0  # SupContrast README: SimCLR's linear eval at --learning_rate 1
     #: Without labels, SGD at 0.05 made digits' kNN fall below the untrained encoder's on some seeds; Adam learns.
     presets = {"digits": {"dataset": "digits", "width": 0.25, "batch_size": 128, "epochs": 20, "optimizer": "adam", "lr": 1e-3,
                           "weight_decay": 1e-5, "temperature": 0.2, "crop_scale_min": 0.5}}

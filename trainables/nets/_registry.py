@@ -204,6 +204,20 @@ class Backbone(nn.Module, ABC):
         """``x [B, in_channels, H, W] -> [B, feature_dim]``."""
         return self.forward_features(x)[0]
 
+    def build_exit_layers(self, after: str, *, size: str) -> tuple[nn.Module, nn.Module, int]:
+        """The layers of a SelfCon exit after ``after``: ``(body, post, dim)``; the exit computes
+        ``post(pool(body(map)))``, ``[B, stage_channels[after], h, w] -> [B, dim]``.
+
+        As the reference: ``fc`` is ``body = identity`` and ``post = Linear(stage_channels[after] -> feature_dim)``
+        (ResNet-18 after layer2: 128 -> 512); ``small`` / ``same`` are ``body = build_tail(after, size)`` and
+        ``post = identity``. Families whose reference exit differs override this (EfficientNet).
+        """
+        if size == "fc":
+            self._check_tail(after, "same")
+            return nn.Identity(), nn.Linear(self.stage_channels[after], self.feature_dim), self.feature_dim
+        tail, dim = self.build_tail(after, size=size)  # type: ignore[arg-type]
+        return tail, nn.Identity(), dim
+
     def build_tail(self, after: str, *, size: TailSize) -> tuple[nn.Module, int]:
         """A freshly initialised network equivalent to the stages after ``after`` (and ``final``), sharing nothing
         with this backbone: ``[B, stage_channels[after], h, w] -> [B, C, h', w']`` (not pooled), and ``C``.
@@ -217,8 +231,7 @@ class Backbone(nn.Module, ABC):
         in_planes = self.stage_channels[after]
         for index in range(start, len(self.stage_names)):
             name = self.stage_names[index]
-            depth = self._stage_depth(index)
-            tail.add_module(name, self._make_stage(index, in_planes, depth if size == "same" else small_depth(depth)))
+            tail.add_module(name, self._make_stage(index, in_planes, self._tail_depth(index, size)))
             in_planes = self.stage_channels[name]
         top = self._tail_top(in_planes)
         if top is not None:
@@ -230,6 +243,11 @@ class Backbone(nn.Module, ABC):
     @abstractmethod
     def _stage_depth(self, index: int) -> int:
         """Blocks (or convs) in stage ``index``."""
+
+    def _tail_depth(self, index: int, size: str) -> int:
+        """Blocks of stage ``index`` in a tail: the trunk's for ``same``, :func:`small_depth` of it for ``small``."""
+        depth = self._stage_depth(index)
+        return depth if size == "same" else small_depth(depth)
 
     @abstractmethod
     def _make_stage(self, index: int, in_planes: int, depth: int) -> nn.Module:

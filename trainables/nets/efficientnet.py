@@ -2,7 +2,8 @@
 
 B0's seven MBConv stages (Tan & Le, 2019, table 1) with squeeze-and-excitation (ratio 0.25) and SiLU, then a 1x1
 "top" conv (``final``) to ``512 * width`` channels, as in the SelfCon reference, instead of B0's 1280; no dropout or
-drop-connect. Hence the name: B0's layout, a smaller head. One exit hangs after ``stage4`` (80 channels).
+drop-connect in the trunk. Hence the name: B0's layout, a smaller head. One exit hangs after ``stage4`` (80 channels);
+it is the reference's whatever ``selfcon_size`` (:meth:`EfficientNet.build_exit_layers`).
 
 Stems: "imagenet" is B0's (3x3 stride-2 conv, stage2 strided: 32x down-sampling); "cifar" uses stride 1 in both
 (8x down-sampling, 32 px -> 4x4 before the pool), the reference's CIFAR adaptation.
@@ -48,6 +49,7 @@ B0_STAGES: tuple[StageSpec, ...] = (
 STEM_CHANNELS = 32
 TOP_CHANNELS = 512
 ATTACH_POINTS: tuple[str, ...] = ("stage4",)
+EXIT_DROPOUT = 0.2  # the reference's B0 dropout_rate, applied to the pooled exit feature
 
 
 class MBConv(nn.Module):
@@ -147,6 +149,18 @@ class EfficientNet(Backbone):
 
     def _tail_top(self, in_planes: int) -> tuple[nn.Module, int]:
         return self._make_top(in_planes), self.top_channels
+
+    def build_exit_layers(self, after: str, *, size: str) -> tuple[nn.Module, nn.Module, int]:
+        """The reference's EfficientNet exit, whatever ``size``: ``Conv1x1(C_s -> top) -> BN -> SiLU``, pool,
+        ``Dropout(0.2) -> Linear(top -> top)`` (``top = 512 * width``; ``C_s = 80 * width`` after stage4)."""
+        self._check_tail(after, "same")
+        if size not in ("fc", "small", "same"):
+            raise ValueError(f"`size` must be one of ['fc', 'small', 'same'], but got size={size!r}")
+        body = nn.Sequential(nn.Conv2d(self.stage_channels[after], self.top_channels, 1, bias=False),
+                             nn.BatchNorm2d(self.top_channels), nn.SiLU(inplace=True))
+        init_weights(body)
+        post = nn.Sequential(nn.Dropout(EXIT_DROPOUT), nn.Linear(self.top_channels, self.top_channels))
+        return body, post, self.top_channels
 
     def _make_stage(self, index: int, in_planes: int, repeats: int) -> nn.Sequential:
         """Stage ``index``: ``repeats`` MBConv blocks, the first with the stage's stride."""

@@ -1,12 +1,17 @@
 """SelfCon exits: sub-networks that hang after an intermediate stage of a backbone (Bae et al., 2023, sec. 3).
 
 An :class:`Exit` attached after stage ``s`` maps the trunk's map after ``s`` to a second feature of the same image:
-``g(x) = pool(body(trunk_{<=s}(x)))``, projected by its own head. ``body`` depends on ``selfcon_size``:
+``g(x) = post(pool(body(trunk_{<=s}(x))))``, projected by its own head. The layers follow the reference's
+``_make_sub_layer`` (:meth:`~trainables.nets._registry.Backbone.build_exit_layers`):
 
-- ``fc``: nothing (the pooled map itself, ``stage_channels[s]`` wide) and the projection head only;
-- ``small``: a freshly initialised copy of the stages after ``s`` with ``max(1, n // 2)`` blocks per stage and the
-  trunk's widths (the reference's ``small``);
-- ``same``: a freshly initialised, full copy of the stages after ``s``.
+- ``fc``: ``body`` is nothing, ``post = Linear(stage_channels[s] -> feature_dim)``, then the backbone-width head
+  (ResNet-18 after layer2: ``128 -> 512``, then ``512 -> 512 -> 128``: 394,368 parameters);
+- ``small``: a freshly initialised copy of the stages after ``s`` with fewer blocks (ResNet: ``max(1, n // 2)``,
+  VGG: one conv per stage, WRN: ``(n + 1) // 2``);
+- ``same``: a freshly initialised copy of the stages after ``s`` (VGG: 3 convs per stage for VGG-16, 2 for VGG-13,
+  as the reference's ``cfg == 'D'`` rule);
+- EfficientNet ignores the size, as the reference: ``Conv1x1(80 -> 512) -> BN -> SiLU``, pool, ``Dropout(0.2) ->
+  Linear(512 -> 512)``.
 
 Heads come from :func:`~trainables.nets.heads.projection_head`: ``mlp`` and ``linear`` are the reference's heads;
 ``mlp_bn`` adds BatchNorm after the hidden layer. Independently initialised MLP heads map the backbone and an exit to
@@ -54,21 +59,23 @@ class Exit(nn.Module):
     Attributes:
         attach_point: the trunk stage whose output feeds the exit.
         size: ``fc``, ``small`` or ``same``.
-        feature_dim: channels of the pooled feature (``C_s`` for ``fc``, the tail's output channels otherwise).
+        feature_dim: width of the exit's feature (the backbone's ``feature_dim`` for ``fc``, the tail's output
+            channels otherwise).
     """
 
     def __init__(self, body: nn.Module, feature_dim: int, *, attach_point: str, size: ExitSize,
-                 feat_dim: int = 128, head: ExitHeadKind = "mlp") -> None:
+                 feat_dim: int = 128, head: ExitHeadKind = "mlp", post: nn.Module | None = None) -> None:
         super().__init__()
         self.attach_point = attach_point
         self.size = size
         self.feature_dim = feature_dim
         self.body = body
+        self.post = nn.Identity() if post is None else post
         self.head = projection_head(feature_dim, feat_dim, kind=head)
 
     def features(self, feature_map: Tensor) -> Tensor:
-        """``[B, C_s, h, w] -> [B, feature_dim]``: the body, then global average pooling."""
-        return torch.flatten(nn.functional.adaptive_avg_pool2d(self.body(feature_map), 1), 1)
+        """``[B, C_s, h, w] -> [B, feature_dim]``: the body, global average pooling, then ``post``."""
+        return self.post(torch.flatten(nn.functional.adaptive_avg_pool2d(self.body(feature_map), 1), 1))
 
     def forward(self, feature_map: Tensor) -> Tensor:
         """``[B, C_s, h, w] -> [B, feat_dim]``, un-normalised projections."""
@@ -83,11 +90,8 @@ def build_exit(backbone: nn.Module, attach_point: str, *, size: ExitSize, feat_d
                          f"attach_point={attach_point!r}")
     if size not in EXIT_SIZES:
         raise ValueError(f"`size` must be one of {list(EXIT_SIZES)}, but got size={size!r}")
-    if size == "fc":
-        body, dim = nn.Identity(), backbone.stage_channels[attach_point]
-    else:
-        body, dim = backbone.build_tail(attach_point, size=size)
-    return Exit(body, dim, attach_point=attach_point, size=size, feat_dim=feat_dim, head=head)
+    body, post, dim = backbone.build_exit_layers(attach_point, size=size)
+    return Exit(body, dim, attach_point=attach_point, size=size, feat_dim=feat_dim, head=head, post=post)
 
 
 class MultiExitNet(nn.Module):

@@ -75,6 +75,11 @@ class VGG(Backbone):
     def _stage_depth(self, index: int) -> int:
         return self.convs[index]
 
+    def _tail_depth(self, index: int, size: str) -> int:
+        """Convs per block of an exit tail, as the reference: ``small`` one; ``same`` 3 for VGG-16 (cfg D) and 2
+        otherwise, whatever the trunk's block had (VGG-16's block2 has 2, its ``same`` copy 3)."""
+        return 1 if size == "small" else max(self.convs)
+
     def _make_stage(self, index: int, in_planes: int, convs: int) -> nn.Sequential:
         """Block ``index``: ``convs`` x (3x3 conv -> [BN] -> ReLU), then a 2x2 max-pool."""
         planes = self.widths[index]

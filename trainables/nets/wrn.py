@@ -3,8 +3,11 @@
 ``stem -> layer1 -> layer2 -> layer3 -> BN-ReLU -> global average pool``. Depth 16 gives ``(16 - 4) / 6 = 2``
 pre-activation blocks per stage; widening factor 8 gives stage widths ``(128, 256, 512) * width`` after a
 ``16 * width`` stem, so ``feature_dim = 512 * width``. Exits hang after layer1 and layer2. The "cifar" stem is one
-3x3 conv; the "imagenet" stem a 7x7 stride-2 conv and a 3x3 stride-2 max-pool, as for the ResNets. Dropout inside
-the blocks (the WRN paper's 0.3 for supervised training) is left out.
+3x3 conv; the "imagenet" stem a 7x7 stride-2 conv and a 3x3 stride-2 max-pool, as for the ResNets.
+
+The blocks are the SelfCon reference's ``wide_basic``: every conv (and the 1x1 shortcut) has a bias, dropout 0.3
+sits between the first conv and the second BN (also during contrastive pretraining), and the *second* conv carries
+the stride. A SelfCon tail of this family is blocks only, without the closing BN-ReLU, as the reference's.
 """
 
 from __future__ import annotations
@@ -23,29 +26,31 @@ from trainables.nets._registry import (
 __all__ = ["WideBasic", "WideResNet", "wrn16_8"]
 
 ATTACH_POINTS: tuple[str, ...] = ("layer1", "layer2")
+DROPOUT = 0.3  # the reference's wrn_16_8 dropout_rate, active whenever the network is in train mode
 
 
 class WideBasic(nn.Module):
-    """Pre-activation block ``shortcut(x) + conv(relu(bn(conv(relu(bn(x))))))``.
+    """Pre-activation block ``shortcut(x) + conv2(relu(bn2(dropout(conv1(relu(bn1(x)))))))`` (the reference's).
 
-    ``[B, in_planes, H, W] -> [B, planes, H/s, W/s]``; the first conv carries the stride; the shortcut is a strided
-    1x1 conv when the block changes resolution or channels, else the identity.
+    ``[B, in_planes, H, W] -> [B, planes, H/s, W/s]``; ``conv2`` carries the stride; convs have biases; the shortcut
+    is a strided 1x1 conv (with bias) when the block changes resolution or channels, else the identity.
     """
 
-    def __init__(self, in_planes: int, planes: int, *, stride: int = 1) -> None:
+    def __init__(self, in_planes: int, planes: int, *, stride: int = 1, dropout: float = DROPOUT) -> None:
         super().__init__()
         self.bn1 = nn.BatchNorm2d(in_planes)
-        self.conv1 = nn.Conv2d(in_planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(in_planes, planes, kernel_size=3, padding=1, bias=True)
+        self.dropout = nn.Dropout(p=dropout)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=stride, padding=1, bias=True)
         self.relu = nn.ReLU(inplace=True)
         self.shortcut = (
             None if stride == 1 and in_planes == planes
-            else nn.Conv2d(in_planes, planes, kernel_size=1, stride=stride, bias=False)
+            else nn.Conv2d(in_planes, planes, kernel_size=1, stride=stride, bias=True)
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.conv1(self.relu(self.bn1(x)))
+        out = self.dropout(self.conv1(self.relu(self.bn1(x))))
         out = self.conv2(self.relu(self.bn2(out)))
         return out + (x if self.shortcut is None else self.shortcut(x))
 
@@ -78,10 +83,10 @@ class WideResNet(Backbone):
         stem_width = scale_width(16, width)
         self.widths = tuple(scale_width(base * widen, width) for base in (16, 32, 64))
         if stem == "cifar":
-            self.stem: nn.Module = nn.Conv2d(in_channels, stem_width, kernel_size=3, padding=1, bias=False)
+            self.stem: nn.Module = nn.Conv2d(in_channels, stem_width, kernel_size=3, padding=1, bias=True)
         else:
             self.stem = nn.Sequential(
-                nn.Conv2d(in_channels, stem_width, kernel_size=7, stride=2, padding=3, bias=False),
+                nn.Conv2d(in_channels, stem_width, kernel_size=7, stride=2, padding=3, bias=True),
                 nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
             )
         self.stage_channels: dict[str, int] = {}
@@ -97,8 +102,9 @@ class WideResNet(Backbone):
     def _stage_depth(self, index: int) -> int:
         return self.blocks
 
-    def _tail_top(self, in_planes: int) -> tuple[nn.Module, int]:
-        return _closing(in_planes), in_planes
+    def _tail_depth(self, index: int, size: str) -> int:
+        """The reference's ``small`` WRN tail: ``int((n + 1) / 2)`` blocks per stage."""
+        return self.blocks if size == "same" else (self.blocks + 1) // 2
 
     def _make_stage(self, index: int, in_planes: int, blocks: int) -> nn.Sequential:
         """Stage ``index``: ``blocks`` wide blocks, the first strided (except in layer1)."""
