@@ -36,7 +36,7 @@ TRIAL_COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("linear_top1", pa.float64(), "linear-probe top-1 on the test split (completed trials)"),
     ("linear_val_top1", pa.float64(), "linear-probe top-1 on the val split (completed trials)"),
     ("logreg_top1", pa.float64(), "logistic-regression probe top-1 on the test split, when run"),
-    ("ensemble_top1", pa.float64(), "top-1 of the mean softmax over backbone and exits/extra features, when any"),
+    ("ensemble_top1", pa.float64(), "top-1 of the mean logits over backbone and exits/extra features, when any"),
     ("train_loss", pa.float64(), "training loss of the last reported epoch"),
     ("min_train_loss", pa.float64(), "lowest epoch training loss"),
     ("mean_epoch_time_s", pa.float64(), "mean training time per epoch"),

@@ -219,7 +219,7 @@ def _open_storage(cfg: SweepConfig) -> None:
 def _reported(spec) -> tuple[str, ...]:
     from trainables.metrics import reported_metrics
 
-    return reported_metrics(spec.method, spec.method_config).all
+    return reported_metrics(spec.method, spec.method_config, spec.train).all
 
 
 def _check_objective_reported(cfg: SweepConfig, reported: Mapping[str, set[str]]) -> None:

@@ -135,7 +135,7 @@ BOOKKEEPING = {"world_size", "per_worker_batch", "gathered_negatives", "finished
 def test_a_short_fit_reports_exactly_the_declared_metrics(name, digits):
     """One list of metrics: what a run reports is what the method declares (``trainables.metrics``), no more, no less."""
     spec = TrialSpec.from_settings(name, {"epochs": 1, "width": 0.125, "probe_epochs": 2}, preset="digits")
-    declared = reported_metrics(name, spec.method_config)
+    declared = reported_metrics(name, spec.method_config, spec.train)
     reporter = RecordingReporter()
     fit(spec, data=digits, reporter=reporter)
     (last,) = reporter.metrics
