@@ -74,25 +74,33 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose epilog may be a callable, called only when help is printed: the settings listing
+    imports torch and every method, which `csweep --help`, `csweep` alone and most usage errors never need."""
+
+    def format_help(self) -> str:
+        if callable(self.epilog):
+            self.epilog = self.epilog()
+        return super().format_help()
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="csweep",
         description="Distributed hyperparameter sweeps of contrastive learning on Ray.",
-        epilog=_settings_help(),
+        epilog="`csweep train --help` lists the methods, datasets and every setting with its default.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    from trainables.methods import METHODS
 
     train = sub.add_parser(
         "train",
         help="train one method as a Ray Train run",
         description="Train one method (one trial) with Ray Train on a local Ray or --address.",
-        epilog=_settings_help(),
+        epilog=_settings_help,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    train.add_argument("method", help=f"one of {', '.join(sorted(METHODS))}")
+    train.add_argument("method", help="a registered method (listed below)")
     _add_data_args(train)
     _add_resource_args(train)
     train.add_argument("--preset", default=None,
@@ -108,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a sweep: Ray Tune + Optuna over a search space",
         description="Sweep a search space (a name from `csweep spaces` or a .py file exposing "
         "space(trial, fixed)) with Ray Tune, OptunaSearch and early stopping.",
-        epilog=_settings_help(),
+        epilog=_settings_help,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.add_argument("space", help="bundled space name or path to a Python file")
@@ -201,10 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``csweep`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)  # help and argument errors answer here, before torch is imported
     from trainables.data import DataError
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args)
     except (ConfigError, DataError, UsageError) as e:
