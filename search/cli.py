@@ -48,7 +48,9 @@ ADDRESS_HELP = "join this Ray cluster instead of starting a local one (default: 
 
 def _add_resource_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers per trial (DDP world size)")
-    p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs each worker holds (torch threads)")
+    p.add_argument("--cpus-per-worker", type=float, default=None,
+                   help="CPUs each worker holds, = its torch threads (default: on this machine, its CPUs shared by the "
+                        "trials that run at once; with --address, 1)")
     p.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs each worker holds (0 = CPU, gloo)")
     p.add_argument("--address", default=address_from_env(), help=ADDRESS_HELP)
     p.add_argument(

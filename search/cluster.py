@@ -126,6 +126,15 @@ class ClusterResources:
         return f"{len(self.nodes)} node(s): " + "; ".join(f"[{p}]" for p in parts)
 
 
+def default_cpus_per_worker(*, workers: int, node_cpus: float, trials: int = 1,
+                            concurrency: int | None = None) -> float:
+    """CPUs (and so torch threads) per worker when ``--cpus-per-worker`` is not given on one machine: its CPUs shared
+    by the trials that run at once, so that trials at once x workers x threads = the node's CPUs (a lone
+    ``csweep train`` on 2 cores: 2 threads; a 12-trial sweep there: 2 trials of 1 thread)."""
+    at_once = concurrency or max(1, min(trials, int(node_cpus // workers)))
+    return float(max(1, int(node_cpus // (at_once * workers))))
+
+
 def check_feasible(need: TrialResources, cluster: ClusterResources, *, autoscaling: bool = False) -> None:
     """Raise ConfigError unless the cluster can hold one trial: every worker bundle must fit on some node, and the
     cluster as a whole must hold all of them. On an autoscaling cluster the nodes it may still add count too; when

@@ -93,11 +93,23 @@ def _check_resumable(spec, run_dir: Path) -> None:
                          "rerun with the same settings to resume it, or pick another --name")
 
 
+def _cpus_per_worker(args: argparse.Namespace, *, trials: int = 1) -> float:
+    """``--cpus-per-worker``, or its default: this machine's CPUs shared by the trials at once (1 on a cluster)."""
+    from search.cluster import default_cpus_per_worker
+
+    if args.cpus_per_worker is not None:
+        return args.cpus_per_worker
+    if args.address:
+        return 1.0
+    return default_cpus_per_worker(workers=max(1, args.workers), node_cpus=os.cpu_count() or 1, trials=trials,
+                                   concurrency=getattr(args, "concurrency", None))
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from search.cluster import ClusterResources, TrialResources, check_feasible
     from trainables.trial import prepare_trial
 
-    resources = TrialResources(args.workers, args.cpus_per_worker, args.gpus_per_worker)
+    resources = TrialResources(args.workers, _cpus_per_worker(args), args.gpus_per_worker)
     spec = prepare_trial(
         args.method,
         _settings(args),
@@ -124,7 +136,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         check_feasible(resources, ClusterResources.from_ray())
     print(
         f"csweep: training {spec.method} on {spec.train.dataset} for {spec.train.epochs} epoch(s) with "
-        f"{resources.workers} worker(s); results in {storage}/{name}",
+        f"{resources.workers} worker(s) of {resources.cpus_per_worker:g} thread(s); results in {storage}/{name}",
         file=sys.stderr,
     )
     result = fit_with_progress(
@@ -173,7 +185,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         concurrency=args.concurrency,
         workers=args.workers,
-        cpus_per_worker=args.cpus_per_worker,
+        cpus_per_worker=_cpus_per_worker(args, trials=(args.trials if args.trials is not None else space.trials)
+                                         * args.repeats),
         gpus_per_worker=args.gpus_per_worker,
         executor=args.executor,
         scheduler=args.scheduler,
@@ -205,7 +218,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     write_sweep_file(cfg)
     print(
         f"csweep: sweep {name}: {cfg.trials} x {cfg.repeats} trial(s) of space {cfg.space}, {concurrency} at a "
-        f"time ({cfg.resolved_executor} executor); results in {cfg.experiment_path}",
+        f"time, {cfg.workers} worker(s) of {cfg.cpus_per_worker:g} thread(s) each ({cfg.resolved_executor} executor); "
+        f"results in {cfg.experiment_path}",
         file=sys.stderr,
     )
     return _fit_and_report(cfg, lambda callbacks: build_tuner(cfg, concurrency=concurrency, callbacks=callbacks))

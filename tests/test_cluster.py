@@ -613,3 +613,20 @@ def test_autoscaled_sweep_scales_worker_nodes_up_and_down_with_s3_storage(tmp_pa
             assert rs[-1].get("finished") and rs[-1]["epoch"] == 2, name
         used = {r["node_id"] for rs in results.values() for r in rs}
         assert used <= seen and FAKE_HEAD_ID not in used, (used, seen)
+
+
+@pytest.mark.parametrize(("workers", "cpus", "trials", "concurrency", "expected"), [
+    (1, 2, 1, None, 2.0),  # a lone `csweep train` uses both cores
+    (2, 2, 1, None, 1.0),  # two DDP workers: one each
+    (1, 2, 12, None, 1.0),  # a 12-trial sweep: two trials of one thread
+    (1, 16, 4, None, 4.0),  # 4 trials on 16 cores: four threads each
+    (1, 16, 4, 2, 8.0),  # --concurrency 2: eight each
+    (4, 16, 100, None, 1.0),
+])
+def test_default_threads_share_the_machine_among_the_trials_at_once(workers, cpus, trials, concurrency, expected):
+    from search.cluster import default_cpus_per_worker
+
+    got = default_cpus_per_worker(workers=workers, node_cpus=cpus, trials=trials, concurrency=concurrency)
+    assert got == expected
+    at_once = concurrency or min(trials, cpus // workers)
+    assert at_once * workers * got <= cpus
