@@ -354,6 +354,11 @@ def _study_search_class():
             old = storage.get_trial(ot_trial._trial_id)
             if not old.state.is_finished():
                 return ot_trial
+            if not old.user_attrs.get("csweep_orphaned"):
+                # Told before the driver died, after Tune's last snapshot: the resumed Tune trial only replays its
+                # end. Its record stands; a copy would count the configuration twice.
+                self._completed_trials.add(trial_id)
+                return None
             attrs = {k: v for k, v in old.user_attrs.items() if k != "csweep_orphaned"}
             copy = optuna.trial.create_trial(
                 state=State.RUNNING, params=old.params, distributions=old.distributions,
@@ -366,6 +371,8 @@ def _study_search_class():
 
         def _note_dir(self, trial_id: str) -> Path | None:
             ot_trial = self._live(trial_id)
+            if ot_trial is None:
+                return None
             path = self._trial_dir(trial_id)
             if path is not None and getattr(ot_trial, "_csweep_dir", None) != str(path):
                 ot_trial.set_user_attr("tune_trial_dir", str(path))
@@ -376,6 +383,8 @@ def _study_search_class():
             if trial_id not in self._ot_trials or trial_id in self._completed_trials:
                 return
             self._note_dir(trial_id)
+            if trial_id in self._completed_trials:  # found already told by _live
+                return
             if isinstance(self.metric, str) and self.metric in result:
                 self._report(trial_id, result)
 
@@ -390,6 +399,8 @@ def _study_search_class():
                 return super().on_trial_complete(trial_id, result, error)
             path = self._note_dir(trial_id)
             ot_trial = self._live(trial_id)
+            if ot_trial is None:  # told before the driver died
+                return None
             if error:
                 reason = _error_line(path) or _error_line(self._staged_dir(trial_id))
                 if reason:

@@ -310,6 +310,34 @@ def test_trial_marked_failed_by_an_interrupt_is_continued_as_a_copy_on_resume(tm
     assert new.user_attrs["tune_trial_id"] == "t1" and "csweep_orphaned" not in new.user_attrs
 
 
+def test_trial_told_after_the_last_snapshot_is_not_counted_twice_on_resume(tmp_path):
+    """A driver killed after telling Optuna a trial's end but before Tune's next snapshot: the resumed sweep replays
+    that trial's end, and the study keeps its one record (a copy would count the configuration twice)."""
+    from search.spec import SweepConfig
+    from search.sweep import _study_search_class, fail_orphaned_study_trials
+
+    cfg = SweepConfig(name="snap", space="quickstart", storage_path=str(tmp_path))
+    (tmp_path / "snap").mkdir()
+
+    def searcher():
+        return _study_search_class()(
+            experiment_path=cfg.experiment_path, space=_lr_space, metric="knn_top1", mode="max", study_name="snap",
+            storage=optuna.storages.RDBStorage(cfg.study_url), sampler=optuna.samplers.RandomSampler(seed=0))
+
+    first = searcher()
+    first.suggest("t1")
+    first.on_trial_result("t1", {"epoch": 1, "knn_top1": 0.25})
+    first.save(str(tmp_path / "searcher.pkl"))  # Tune's last snapshot
+    first.on_trial_complete("t1", {"epoch": 2, "knn_top1": 0.5, "finished": True})  # then the driver dies
+    resumed = searcher()
+    resumed.restore(str(tmp_path / "searcher.pkl"))
+    resumed.on_trial_result("t1", {"epoch": 2, "knn_top1": 0.5, "finished": True})
+    resumed.on_trial_complete("t1", {"epoch": 2, "knn_top1": 0.5, "finished": True})
+    assert fail_orphaned_study_trials(cfg) == 0
+    (only,) = _study(tmp_path, "snap").trials
+    assert only.state == optuna.trial.TrialState.COMPLETE and only.value == 0.5
+
+
 @pytest.mark.slow
 def test_ctrl_c_stops_the_sweep_and_resume_finishes_exactly_n_trials(tmp_path):
     args = [sys.executable, "-m", "search.cli", "run", "quickstart", "--trials", "4", "--concurrency", "1",
