@@ -25,10 +25,12 @@ def _entry(rank: int, fn: Callable[..., Any], args: tuple, world_size: int, out_
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # ranks talk over loopback whatever the host name resolves to
     store = dist.FileStore(str(Path(out_dir) / "rendezvous"), world_size)
     dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size, timeout=timedelta(minutes=5))
-    try:
-        torch.save(fn(rank, *args), Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+    torch.save(fn(rank, *args), Path(out_dir) / f"rank{rank}.pt")
+    # Every rank leaves together: a rank tearing its gloo pairs down while a peer still has a collective (or the
+    # autograd engine's all_gather backward) in flight makes that peer abort ("terminate called without an active
+    # exception").
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def run_workers(fn: Callable[..., Any], *args: Any, tmp_path: Path, world_size: int = 2) -> list[Any]:
