@@ -309,7 +309,7 @@ def test_multi_node_sweep_keeps_drivers_on_head_and_survives_losing_a_node(tmp_p
                 "--storage-path",
                 str(tmp_path),
                 "--set",
-                "epochs=3",
+                "epochs=6",  # the victim is caught after epoch 1: five epochs to go while its node is removed
                 *TINY_SWEEP,
             ]
             t1 = time.time()
@@ -322,7 +322,7 @@ def test_multi_node_sweep_keeps_drivers_on_head_and_survives_losing_a_node(tmp_p
                 latest = _train_checkpoints(exp / "train_runs")
                 finished = [k for k, m in latest.items() if m.get("finished")]
                 started = [k for k, m in latest.items() if not m.get("finished") and m["epoch"] == 1]
-                if finished and started:  # one trial done, another one epoch in (two epochs and its probe to go):
+                if finished and started:  # one trial done, another one epoch in (five epochs and its probe to go):
                     victim = started[0]  # lose the latter's node (where the finished one may have run too)
                     removed = latest[victim]["node_id"]
                     cluster.remove_node(next(n for n in workers if n.node_id == removed), allow_graceful=False)
@@ -349,7 +349,7 @@ def test_multi_node_sweep_keeps_drivers_on_head_and_survives_losing_a_node(tmp_p
             assert len(results) == 3
             for name, rs in results.items():
                 epochs = [r["epoch"] for r in rs]
-                assert rs[-1].get("finished") and epochs[-1] == 3, (name, epochs)
+                assert rs[-1].get("finished") and epochs[-1] == 6, (name, epochs)
                 assert epochs == sorted(set(epochs)), f"{name} repeated epochs {epochs}: not resumed from checkpoint"
             latest = _train_checkpoints(exp / "train_runs")
             for name, metrics in finished_before.items():  # finished trials were kept, not rerun
