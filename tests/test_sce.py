@@ -299,10 +299,16 @@ def test_validation_names_the_field(settings, fragment):
     TrialSpec.from_settings("sce", {"queue_size": 128, "batch_size": 128, "symmetric": False})
 
 
-def test_queue_must_be_smaller_than_the_training_set(digits):
+def test_queue_must_be_smaller_than_the_training_set(digits, capsys):
+    import ray
+
     spec = TrialSpec.from_settings("sce", {**TINY, "queue_size": 1280})  # digits: 1197 training images
     with pytest.raises(ConfigError, match="`queue_size` must be smaller than the 1197 training images"):
         fit(spec, data=digits)
+    assert main(["train", "sce", "--set", "batch_size=128", "--set", "queue_size=1280"]) == 2  # before launch
+    err = capsys.readouterr().err.strip()
+    assert "`queue_size` must be smaller than the 1197 training images" in err and len(err.splitlines()) == 1, err
+    assert not ray.is_initialized()
 
 
 def test_cli_rejects_a_queue_that_is_not_a_multiple_of_the_batch(capsys):

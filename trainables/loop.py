@@ -225,27 +225,37 @@ def _seed_probe(method: Method, module: nn.Module, data: ImageData, train: Train
     return {name: top}
 
 
-def fit(
-    spec: TrialSpec,
-    *,
-    reporter: Reporter | None = None,
-    resume_state: dict[str, Any] | None = None,
-    data: ImageData | None = None,
-    device: torch.device | None = None,
-    stop_after_epoch: int | None = None,
-) -> dict[str, Any]:
-    """Train ``spec`` and return the metrics of the last epoch (final probes included when training finished).
+@dataclass
+class _Run:
+    """What one training run holds from setup to its last report (built once by :func:`_setup`)."""
 
-    Args:
-        spec: the validated trial specification.
-        reporter: receives each epoch's metrics and (rank 0) the full checkpoint state; None = no reports.
-        resume_state: a state dict produced by an earlier report of the same spec; training continues after it.
-        data: an already-loaded dataset (default: ``load_data(spec.train)``, the node-level cache).
-        device: default CUDA (``LOCAL_RANK``) when available, else CPU.
-        stop_after_epoch: stop (without final probes) after this epoch; used to simulate an interruption.
-    """
+    spec: TrialSpec
+    data: ImageData
+    device: torch.device
+    method: Method
+    model: nn.Module  # the module itself (optimiser, checkpoints)
+    ddp_model: nn.Module  # what forwards: DDP- and/or torch.compile-wrapped
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    autocast: Any  # context manager
+    channels_last: bool
+    shape: RunShape
+    per_worker: int
+    peak_lr: float
+    progress: _Progress
+    generator: torch.Generator
+    warmup_steps: int  # steps left out of the timings (torch.compile's compilation)
+
+    def lr(self, step: int) -> float:
+        return lr_at(step, self.spec.train, steps_per_epoch=self.shape.steps_per_epoch,
+                     total_steps=self.shape.total_steps, peak=self.peak_lr)
+
+
+def _setup(spec: TrialSpec, *, data: ImageData | None, device: torch.device | None,
+           resume_state: dict[str, Any] | None) -> _Run:
+    """Device, precision, determinism, data, the method's model (DDP, compile), optimiser and restored state."""
     train = spec.train
-    world, rank = distributed.world_size(), distributed.rank()
+    world = distributed.world_size()
     spec.check_world(world)
     device = device or _device()
     if device.type == "cuda":
@@ -265,10 +275,7 @@ def fit(
 
     data = data or load_data(train)
     check_data(spec, data)
-    per_worker = train.batch_size // world
     shape = RunShape.of(train, num_samples=len(data.train), world_size=world)
-    steps_per_epoch, total_steps = shape.steps_per_epoch, shape.total_steps
-
     method = get_method(spec.method)(spec.method_config, train=train, data=data)
     method.setup(shape)
     model = method.build()
@@ -288,85 +295,122 @@ def fit(
     progress = _Progress()
     if resume_state is not None:
         _restore(resume_state, spec, model, optimizer, scaler, method, progress)
-    generator = torch.Generator(device=device)
-    peak_lr = train.scaled_lr()
+    return _Run(spec, data, device, method, model, ddp_model, optimizer, scaler, autocast, channels_last, shape,
+                train.batch_size // world, train.scaled_lr(), progress, torch.Generator(device=device),
+                warmup_steps=1 if train.compile else 0)
+
+
+def _train_epoch(run: _Run, epoch: int) -> dict[str, Any]:
+    """One epoch of optimiser steps; returns its training metrics (means over the workers)."""
+    train, device, method, progress = run.spec.train, run.device, run.method, run.progress
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    run.generator.manual_seed(int(np.random.SeedSequence([train.seed, epoch, distributed.rank()]).generate_state(1)[0]))
+    order = _epoch_order(len(run.data.train), train.seed, epoch, run.per_worker)
+    loss_sum = torch.zeros((), device=device)
+    log_sums: dict[str, torch.Tensor] = {}
+    t0 = time.perf_counter()
+    timed_steps = 0
+    for batch in _batches(run.data.train.images, run.data.train.labels, order, run.per_worker, device):
+        lr = run.lr(progress.step)
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        with torch.no_grad():
+            views = method.views(batch.images, run.generator)
+            if run.channels_last:
+                views = [v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v for v in views]
+        with run.autocast:
+            loss, logs = method.loss(run.ddp_model, views, batch, step=progress.step)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}, step {progress.step}: "
+                                     "the trial diverged (lower lr or temperature, or turn AMP off)")
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        if train.grad_clip:
+            run.scaler.unscale_(run.optimizer)
+            nn.utils.clip_grad_norm_(run.model.parameters(), train.grad_clip)
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        progress.step += 1
+        method.after_step(run.ddp_model, step=progress.step)
+        loss_sum += loss.detach().float()
+        for k, v in logs.items():
+            log_sums[k] = log_sums.get(k, 0.0) + torch.as_tensor(v, dtype=torch.float32, device=device)
+        if run.warmup_steps:  # restart the clock after the compile warm-up
+            run.warmup_steps -= 1
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+        else:
+            timed_steps += 1
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    train_time = time.perf_counter() - t0
+    steps = run.shape.steps_per_epoch
+    return {
+        "train_loss": distributed.all_reduce_mean(loss_sum / steps).item(),
+        **{k: distributed.all_reduce_mean(v / steps).item() for k, v in log_sums.items()},
+        "current_lr": run.lr(progress.step - 1),
+        "epoch_time_s": train_time,
+        "images_per_s": timed_steps * train.batch_size / train_time if timed_steps else float("nan"),
+        "peak_mem_mb": distributed.all_reduce_max(torch.tensor(_peak_mem_mb(device), device=device)).item(),
+    }
+
+
+def _epoch_report(run: _Run, epoch: int, trained: dict[str, Any]) -> dict[str, Any]:
+    """An epoch's report: its training metrics, the method's extras, the evaluation (probes at the end), bests."""
+    train, progress = run.spec.train, run.progress
+    final = epoch == train.epochs
+    t1 = time.perf_counter()
+    world = distributed.world_size()
+    metrics: dict[str, Any] = {
+        "epoch": epoch,
+        "step": progress.step,
+        **trained,
+        "world_size": world,
+        "per_worker_batch": run.per_worker,
+        "gathered_negatives": world > 1,
+        **run.method.epoch_logs(step=progress.step),
+    }
+    metrics.update(_evaluate(run.method, run.ddp_model, run.data, train, run.device, final=final))
+    metrics["eval_time_s"] = time.perf_counter() - t1
+    for key in ("knn_top1", "linear_top1"):
+        if key in metrics:
+            progress.best[key] = max(progress.best.get(key, 0.0), metrics[key])
+            metrics[f"best_{key}"] = progress.best[key]
+    metrics["finished"] = final  # this report holds the final probes ("done" is reserved by Tune)
+    return metrics
+
+
+def fit(
+    spec: TrialSpec,
+    *,
+    reporter: Reporter | None = None,
+    resume_state: dict[str, Any] | None = None,
+    data: ImageData | None = None,
+    device: torch.device | None = None,
+    stop_after_epoch: int | None = None,
+) -> dict[str, Any]:
+    """Train ``spec`` and return the metrics of the last epoch (final probes included when training finished).
+
+    Args:
+        spec: the validated trial specification.
+        reporter: receives each epoch's metrics and (rank 0) the full checkpoint state; None = no reports.
+        resume_state: a state dict produced by an earlier report of the same spec; training continues after it.
+        data: an already-loaded dataset (default: ``load_data(spec.train)``, the node-level cache).
+        device: default CUDA (``LOCAL_RANK``) when available, else CPU.
+        stop_after_epoch: stop (without final probes) after this epoch; used to simulate an interruption.
+    """
+    run = _setup(spec, data=data, device=device, resume_state=resume_state)
     last: dict[str, Any] = {}
-    warmup_steps = 1 if train.compile else 0  # compiling happens in the first steps: keep it out of the timings
-
-    for epoch in range(progress.epoch + 1, train.epochs + 1):
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        generator.manual_seed(int(np.random.SeedSequence([train.seed, epoch, rank]).generate_state(1)[0]))
-        order = _epoch_order(len(data.train), train.seed, epoch, per_worker)
-        loss_sum = torch.zeros((), device=device)
-        log_sums: dict[str, torch.Tensor] = {}
-        t0 = time.perf_counter()
-        timed_steps = 0
-        for batch in _batches(data.train.images, data.train.labels, order, per_worker, device):
-            lr = lr_at(progress.step, train, steps_per_epoch=steps_per_epoch, total_steps=total_steps, peak=peak_lr)
-            for group in optimizer.param_groups:
-                group["lr"] = lr * group.get("lr_scale", 1.0)
-            with torch.no_grad():
-                views = method.views(batch.images, generator)
-                if channels_last:
-                    views = [v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v for v in views]
-            with autocast:
-                loss, logs = method.loss(ddp_model, views, batch, step=progress.step)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}, step {progress.step}: "
-                                         "the trial diverged (lower lr or temperature, or turn AMP off)")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if train.grad_clip:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            progress.step += 1
-            method.after_step(ddp_model, step=progress.step)
-            loss_sum += loss.detach().float()
-            for k, v in logs.items():
-                log_sums[k] = log_sums.get(k, 0.0) + torch.as_tensor(v, dtype=torch.float32, device=device)
-            if warmup_steps:  # restart the clock after the compile warm-up
-                warmup_steps -= 1
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                t0 = time.perf_counter()
-            else:
-                timed_steps += 1
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        train_time = time.perf_counter() - t0
-        progress.epoch = epoch
-
-        final = epoch == train.epochs
-        t1 = time.perf_counter()
-        metrics: dict[str, Any] = {
-            "epoch": epoch,
-            "step": progress.step,
-            "train_loss": distributed.all_reduce_mean(loss_sum / steps_per_epoch).item(),
-            **{k: distributed.all_reduce_mean(v / steps_per_epoch).item() for k, v in log_sums.items()},
-            "current_lr": lr_at(progress.step - 1, train, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
-                        peak=peak_lr),
-            "epoch_time_s": train_time,
-            "images_per_s": timed_steps * train.batch_size / train_time if timed_steps else float("nan"),
-            "peak_mem_mb": distributed.all_reduce_max(torch.tensor(_peak_mem_mb(device), device=device)).item(),
-            "world_size": world,
-            "per_worker_batch": per_worker,
-            "gathered_negatives": world > 1,
-            **method.epoch_logs(step=progress.step),
-        }
-        metrics.update(_evaluate(method, ddp_model, data, train, device, final=final))
-        metrics["eval_time_s"] = time.perf_counter() - t1
-        for key in ("knn_top1", "linear_top1"):
-            if key in metrics:
-                progress.best[key] = max(progress.best.get(key, 0.0), metrics[key])
-                metrics[f"best_{key}"] = progress.best[key]
-        metrics["finished"] = final  # this report holds the final probes ("done" is reserved by Tune)
-        state = _state(spec, model, optimizer, scaler, method, progress) if rank == 0 else None
+    for epoch in range(run.progress.epoch + 1, spec.train.epochs + 1):
+        trained = _train_epoch(run, epoch)
+        run.progress.epoch = epoch
+        last = _epoch_report(run, epoch, trained)
         if reporter is not None:
-            reporter.report(metrics, state)
-        last = metrics
+            state = (_state(spec, run.model, run.optimizer, run.scaler, run.method, run.progress)
+                     if distributed.rank() == 0 else None)
+            reporter.report(last, state)
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
             break
     return last

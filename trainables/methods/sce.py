@@ -47,7 +47,7 @@ from trainables.config import ConfigError, TrainConfig, check_range
 from trainables.data.augment import AugmentConfig, local_view_size, multicrop, supcon_augment
 from trainables.losses import sce_loss
 from trainables.methods import register_method
-from trainables.methods.base import Batch, Method, RunShape, unwrap
+from trainables.methods.base import Batch, Method, unwrap
 from trainables.nets import FeatureQueue, MomentumTarget, cosine_momentum, projection_head
 
 __all__ = ["SCE", "SCEConfig", "SCEModel"]
@@ -195,12 +195,14 @@ class SCE(Method):
                 raise ConfigError(f"`int(image side * local_size_ratio) >= 1` must hold for the local views of {size} "
                                   f"px images, but got local_size_ratio={config.local_size_ratio!r}")
 
-    def setup(self, shape: RunShape) -> None:
-        """As the base, and the queue must be smaller than the training set (its size is known only here)."""
-        if self.config.queue_size >= shape.num_samples:
-            raise ConfigError(f"`queue_size` must be smaller than the {shape.num_samples} training images (else it "
-                              f"holds the anchor's own older keys), but got queue_size={self.config.queue_size}")
-        super().setup(shape)
+    @classmethod
+    def check_data(cls, config: SCEConfig, train: TrainConfig, num_samples: int) -> None:
+        """The queue must be smaller than the training set (else it holds the anchor's own older keys); checked
+        before launch (``trainables.loop.check_data``), so a bad size is one line and exit 2."""
+        if config.queue_size >= num_samples:
+            raise ConfigError(f"`queue_size` must be smaller than the {num_samples} training images of "
+                              f"{train.dataset} (else it holds the anchor's own older keys), but got "
+                              f"queue_size={config.queue_size}")
 
     # -- schedules -----------------------------------------------------------------------------------------------------
     def key_momentum(self, step: int) -> float:
