@@ -46,6 +46,13 @@ def _settings_help() -> str:
 ADDRESS_HELP = "join this Ray cluster instead of starting a local one (default: $RAY_ADDRESS, set by `ray job submit`)"
 
 
+def _add_sweep_args(p: argparse.ArgumentParser, *, out: str) -> None:
+    """The sweeps a reading command takes, where they live and where its output goes."""
+    p.add_argument("names", nargs="+", metavar="NAME_OR_PATH", help="sweep names or experiment paths")
+    p.add_argument("--storage-path", default=None, help="where named sweeps live (default ./results)")
+    p.add_argument("--out", default=out, help=f"output directory (default ./{out})")
+
+
 def _add_resource_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers per trial (DDP world size)")
     p.add_argument("--cpus-per-worker", type=float, default=None,
@@ -178,9 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read sweeps (finished, running or crashed) and write their tables as a "
         "Parquet dataset partitioned by sweep: OUT/<table>/sweep=NAME/part-0.parquet.",
     )
-    tables.add_argument("names", nargs="+", metavar="NAME_OR_PATH", help="sweep names or experiment paths")
-    tables.add_argument("--storage-path", default=None, help="where named sweeps live (default ./results)")
-    tables.add_argument("--out", default="tables", help="output directory (default ./tables)")
+    _add_sweep_args(tables, out="tables")
     tables.add_argument("--plots", action="store_true", help="also write PNG plots to OUT/plots/")
 
     report = sub.add_parser(
@@ -189,23 +194,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="Build the tables of sweeps and write OUT/report.html (opens offline: figures embedded), "
         "OUT/<sweep>_<figure>.png and OUT/best_config.yaml.",
     )
-    report.add_argument("names", nargs="+", metavar="NAME_OR_PATH", help="sweep names or experiment paths")
-    report.add_argument("--storage-path", default=None, help="where named sweeps live (default ./results)")
-    report.add_argument("--out", default="report", help="output directory (default ./report)")
+    _add_sweep_args(report, out="report")
 
     ls = sub.add_parser("ls", help="list the sweeps in a storage path with their trial counts")
     ls.add_argument("--storage-path", default=None, help="where sweeps live (default ./results)")
 
     abl = sub.add_parser("ablation", help="pivot a metric over two settings (mean ± std), save Parquet + PNG")
-    abl.add_argument("names", nargs="+", metavar="NAME_OR_PATH", help="sweep names or experiment paths")
+    _add_sweep_args(abl, out="tables")
     abl.add_argument("--rows", required=True, help="setting(s) for the rows, comma-separated")
     abl.add_argument("--cols", required=True, help="setting(s) for the columns, comma-separated")
     abl.add_argument("--metric", default="linear_top1", help="trials.parquet column to aggregate (default linear_top1)")
     abl.add_argument("--bins", type=int, default=5,
                      help="cut float settings with more distinct values into this many ranges (0: no binning)")
     abl.add_argument("--all-statuses", action="store_true", help="include stopped/errored trials that have the metric")
-    abl.add_argument("--storage-path", default=None, help="where named sweeps live (default ./results)")
-    abl.add_argument("--out", default="tables", help="output directory (default ./tables)")
     return parser
 
 
