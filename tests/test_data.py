@@ -423,6 +423,10 @@ def test_streamed_folder_equals_the_cached_one_and_writes_nothing(tmp_path: Path
     rows = np.array([4, 0, 7, 3])  # any order, as the loop's shuffled batches ask
     assert np.array_equal(streamed.train.images[rows], cached.train.images[rows])
     assert np.array_equal(streamed.train.images[5], cached.train.images[5])
+    assert np.array_equal(streamed.train.images[-1], cached.train.images[-1])
+    assert np.array_equal(streamed.train.images[2:9:3], cached.train.images[2:9:3])
+    with pytest.raises(IndexError, match="out of range"):
+        streamed.train.images[[0, len(cached.train)]]
     assert np.allclose(streamed.mean, cached.mean) and np.allclose(streamed.std, cached.std)  # all < STATS_SAMPLE
 
 

@@ -14,6 +14,7 @@ import pytest
 from search.cli import main
 from search.spec import SweepConfig, write_sweep_file
 from trainables.config import ConfigError, parse_overrides
+from trainables.methods import METHODS
 from trainables.trial import TrialSpec, typed_settings
 
 # Placeholders filled per test: {store} the (empty) storage path, {sweep} an existing sweep, {file} an existing
@@ -21,10 +22,10 @@ from trainables.trial import TrialSpec, typed_settings
 # SQLite file, {silent} the address of a socket that accepts and never answers.
 BAD = [
     # csweep train
-    (["train", "byol"], "`method` must be one of ce, cmc, sce, selfcon, sigmoid, simclr, supcon"),
+    (["train", "byol"], f"`method` must be one of {', '.join(sorted(METHODS))}"),
     (["train", "supcon", "--dataset", "mnist"], "`dataset` must be one of"),
     (["train", "supcon", "--set", "tau=0.1"], "unknown setting `tau`"),
-    (["train", "ce", "--set", "temperature=0.1"], "`temperature` is not a setting of ce (it is one of sce, selfcon,"),
+    (["train", "ce", "--set", "temperature=0.1"], "`temperature` is not a setting of ce (it is one of "),
     (["train", "supcon", "--epochs", "2", "--set", "epochs=5"], "`epochs` is given twice, as --epochs 2"),
     (["train", "supcon", "--dataset", "digits", "--set", "dataset=cifar10"], "`dataset` is given twice"),
     (["train", "supcon", "--set", "temperature=0"], "temperature"),

@@ -54,10 +54,14 @@ class StreamedImages:
         return self.shape[0]
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        rows = np.arange(len(self))[key]
-        if rows.ndim == 0:
-            return self._read(rows.reshape(1))[0]
-        return self._read(rows)
+        n = len(self)
+        if isinstance(key, slice):
+            return self._read(np.arange(*key.indices(n)))
+        rows = np.asarray(key, dtype=np.int64)  # no [N] index array per batch: ImageNet has 1.28 million rows
+        if ((rows < -n) | (rows >= n)).any():
+            raise IndexError(f"rows {rows[(rows < -n) | (rows >= n)][:5].tolist()} out of range for {n} images")
+        rows = np.where(rows < 0, rows + n, rows)
+        return self._read(rows.reshape(1))[0] if rows.ndim == 0 else self._read(rows)
 
     def _read(self, rows: np.ndarray) -> np.ndarray:
         out = np.empty((len(rows), CHANNELS, self.size, self.size), dtype=np.uint8)
