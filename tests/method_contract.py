@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from conftest import TINY
 
+from trainables.loop import RecordingReporter, fit
 from trainables.methods import Batch, Method, RunShape, get_method
 from trainables.metrics import reported_metrics
 from trainables.optim import build_optimizer
@@ -84,3 +85,13 @@ def check_method_contract(name: str, data: Any, **settings: Any) -> None:
     restored, _ = make_method(name, data, **settings)
     restored.load_state_dict(method.state_dict())
     assert restored.state_dict().keys() == method.state_dict().keys()
+
+
+def straight_and_resumed(spec: TrialSpec, data: Any = None, *, until: int | None = None):
+    """``(straight, first, second)`` reporters: ``spec`` trained without a break, and again stopped after epoch 1
+    then resumed from that report's state (what a checkpoint holds); both stop after epoch ``until`` when given."""
+    straight, first, second = RecordingReporter(), RecordingReporter(), RecordingReporter()
+    fit(spec, reporter=straight, data=data, stop_after_epoch=until)
+    fit(spec, reporter=first, data=data, stop_after_epoch=1)
+    fit(spec, reporter=second, data=data, resume_state=first.state, stop_after_epoch=until)
+    return straight, first, second

@@ -10,13 +10,12 @@ import pytest
 import torch
 from conftest import TINY
 from ddp_helpers import run_workers
-from method_contract import check_method_contract, data_batch, make_method
+from method_contract import check_method_contract, data_batch, make_method, straight_and_resumed
 
 from search.cli import main
 from trainables.config import ConfigError
 from trainables.data import load_dataset
 from trainables.data.augment import to_lab, to_ycbcr
-from trainables.loop import RecordingReporter, fit
 from trainables.losses import nce_loss, nce_softmax_loss
 from trainables.methods.cmc import COLOR_SPACES
 from trainables.trial import TrialSpec, prepare_trial
@@ -221,15 +220,9 @@ RESUME = {**TINY, "width": 0.125, "epochs": 2, "deterministic": True, "num_threa
 
 def test_resume_is_bit_exact_and_keeps_z(digits):
     spec = TrialSpec.from_settings("cmc", RESUME)
-    straight = RecordingReporter()
-    fit(spec, reporter=straight, data=digits)
-
-    first = RecordingReporter()
-    fit(spec, reporter=first, data=digits, stop_after_epoch=1)
+    straight, first, second = straight_and_resumed(spec, digits)
     z = first.state["model"]["z"].clone()
     assert (z > 0).all() and first.state["method"] == {}
-    second = RecordingReporter()
-    fit(spec, reporter=second, data=digits, resume_state=first.state)
 
     resumed = first.metrics + second.metrics
     assert [m["epoch"] for m in resumed] == [1, 2]

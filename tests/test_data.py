@@ -454,8 +454,8 @@ def test_auto_loading_streams_only_large_file_trees(monkeypatch: pytest.MonkeyPa
 
 def test_a_streamed_dataset_trains_and_resumes_exactly(tmp_path: Path) -> None:
     import torch
+    from method_contract import straight_and_resumed
 
-    from trainables.loop import RecordingReporter, fit
     from trainables.trial import TrialSpec
 
     write_jpeg_tree(tmp_path / "train", {"a": 20, "b": 20})
@@ -463,10 +463,7 @@ def test_a_streamed_dataset_trains_and_resumes_exactly(tmp_path: Path) -> None:
                 "width": 0.125, "batch_size": 8, "epochs": 2, "probe_epochs": 2, "knn_k": 5, "deterministic": True,
                 "num_threads": 1}
     spec = TrialSpec.from_settings("simclr", settings)
-    straight, first, second = RecordingReporter(), RecordingReporter(), RecordingReporter()
-    fit(spec, reporter=straight)
-    fit(spec, reporter=first, stop_after_epoch=1)
-    fit(spec, reporter=second, resume_state=first.state)
+    straight, first, second = straight_and_resumed(spec)
     assert [m["train_loss"] for m in first.metrics + second.metrics] == [m["train_loss"] for m in straight.metrics]
     for name, tensor in straight.state["model"].items():
         assert torch.equal(tensor, second.state["model"][name]), name

@@ -11,13 +11,13 @@ import torch
 import torch.nn.functional as F
 from conftest import TINY
 from ddp_helpers import run_workers
-from method_contract import check_method_contract, data_batch, make_method
+from method_contract import check_method_contract, data_batch, make_method, straight_and_resumed
 
 from search.cli import main
 from trainables import distributed
 from trainables.config import ConfigError
 from trainables.data import load_dataset
-from trainables.loop import RecordingReporter, fit
+from trainables.loop import fit
 from trainables.losses import sce_loss
 from trainables.methods import get_method
 from trainables.methods.sce import SCEModel
@@ -338,13 +338,8 @@ RESUME = {**TINY, **SMALL, "epochs": 3, "deterministic": True, "num_threads": 1,
 
 def test_resume_continues_queue_and_momentum_exactly(digits):
     spec = TrialSpec.from_settings("sce", RESUME)
-    straight = RecordingReporter()
-    fit(spec, reporter=straight, data=digits, stop_after_epoch=2)
-    first = RecordingReporter()
-    fit(spec, reporter=first, data=digits, stop_after_epoch=1)
+    straight, first, second = straight_and_resumed(spec, digits, until=2)
     assert first.state["method"] == {} and int(first.state["model"]["queue.ptr"]) == (9 * 256) % 512
-    second = RecordingReporter()
-    fit(spec, reporter=second, data=digits, resume_state=first.state, stop_after_epoch=2)
     resumed = first.metrics + second.metrics
     assert [m["epoch"] for m in resumed] == [1, 2]
     for ours, theirs in zip(resumed, straight.metrics):

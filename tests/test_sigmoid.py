@@ -11,13 +11,12 @@ import torch
 import torch.nn.functional as F
 from conftest import TINY
 from ddp_helpers import run_workers
-from method_contract import check_method_contract, data_batch, make_method
+from method_contract import check_method_contract, data_batch, make_method, straight_and_resumed
 
 from search.cli import main
 from trainables import distributed
 from trainables.config import ConfigError
 from trainables.data import load_dataset
-from trainables.loop import RecordingReporter, fit
 from trainables.losses import sigmoid_pairwise_loss
 from trainables.methods import get_method
 from trainables.methods.sigmoid import ReLICModel, multiview_sigmoid_loss
@@ -296,14 +295,8 @@ RESUME = {**TINY, "width": 0.125, "epochs": 3, "deterministic": True, "num_threa
 
 def test_resume_mid_schedule_continues_gamma_and_beta_exactly(digits):
     spec = TrialSpec.from_settings("sigmoid", RESUME)
-    straight = RecordingReporter()
-    fit(spec, reporter=straight, data=digits)
-
-    first = RecordingReporter()
-    fit(spec, reporter=first, data=digits, stop_after_epoch=1)
+    straight, first, second = straight_and_resumed(spec, digits)
     assert first.state["method"] == {} and first.state["progress"]["step"] == first.metrics[-1]["step"] == 9
-    second = RecordingReporter()
-    fit(spec, reporter=second, data=digits, resume_state=first.state)
 
     resumed = first.metrics + second.metrics
     assert [m["epoch"] for m in resumed] == [1, 2, 3]

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import ROOT, TINY, set_args
+from method_contract import straight_and_resumed
 
 from trainables.data import load_dataset
 from trainables.loop import RecordingReporter, fit
@@ -26,15 +27,8 @@ COMPARED = ("train_loss", "knn_top1", "linear_top1", "linear_val_top1", "step", 
 def test_resume_from_epoch_checkpoint_equals_uninterrupted_run(method):
     data = load_dataset("digits")
     spec = TrialSpec.from_settings(method, RESUME)
-    straight = RecordingReporter()
-    fit(spec, reporter=straight, data=data)
-
-    first = RecordingReporter()
-    fit(spec, reporter=first, data=data, stop_after_epoch=1)
+    straight, first, second = straight_and_resumed(spec, data)
     assert [m["epoch"] for m in first.metrics] == [1]
-    state = first.state  # the state dict the epoch-1 checkpoint holds
-    second = RecordingReporter()
-    fit(spec, reporter=second, data=data, resume_state=state)
 
     assert [m["epoch"] for m in second.metrics] == [2, 3]
     for ours, theirs in zip(first.metrics + second.metrics, straight.metrics):
