@@ -139,7 +139,8 @@ class CMC(Method):
     presets = {
         # Digits are gray: Lab's ab (YCbCr's CbCr) is constant, so the cross-view loss has nothing to contrast; R | GB
         # views both carry the digit. Measured 2026-11-29: this setting does NOT beat the untrained encoder's kNN
-        # (see README: the memory bank does not bootstrap in 15 epochs of 9 steps).
+        # (evidence in tests/test_methods.py NOT_LEARNING_ON_DIGITS: the views' mean embeddings run apart while the
+        # banks lag, and identical R|GB pixels need no semantics to match).
         "digits": {"dataset": "digits", "width": 0.25, "batch_size": 128, "epochs": 15, "optimizer": "adam",
                    "lr": 1e-3, "weight_decay": 1e-5, "schedule": "cosine", "lr_decay_epochs": (), "nce_k": 1024,
                    "nce_t": 0.2, "softmax": True, "color_space": "rgb", "color_jitter": True, "crop_scale_min": 0.5},
