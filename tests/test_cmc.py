@@ -174,9 +174,62 @@ def test_softmax_variant_keeps_z_unset(digits):
 
 
 @pytest.mark.parametrize("settings", [{"softmax": True}, {"color_space": "ycbcr", "feat_dim": 16},
-                                      {"color_space": "rgb", "nce_m": 0.0}])
+                                      {"color_space": "rgb", "nce_m": 0.0},
+                                      {"color_space": "ycbcr", "view_split": "channels", "view_mode": "full"}])
 def test_variants_pass_the_method_contract(digits, settings):
     check_method_contract("cmc", digits, **{**SMALL, **settings})
+
+
+# -- more than two views -------------------------------------------------------------------------------------------------
+def test_view_modes_pick_the_core_view_pairs_or_the_full_graph():
+    two = TrialSpec.from_settings("cmc").method_config
+    assert two.view_pairs == TrialSpec.from_settings("cmc", {"view_mode": "full"}).method_config.view_pairs == ((0, 1),)
+    assert two.directions == ((0, 1), (1, 0))  # the two-view order of Z's entries is unchanged
+    core = TrialSpec.from_settings("cmc", {"view_split": "channels"}).method_config
+    full = TrialSpec.from_settings("cmc", {"view_split": "channels", "view_mode": "full"}).method_config
+    assert core.view_pairs == ((0, 1), (0, 2)) and full.view_pairs == ((0, 1), (0, 2), (1, 2))
+    assert full.directions == ((0, 1), (1, 0), (0, 2), (2, 0), (1, 2), (2, 1))
+
+
+@pytest.mark.parametrize("softmax", [False, True])
+@pytest.mark.parametrize(("mode", "pairs"), [("core", [(0, 1), (0, 2)]), ("full", [(0, 1), (0, 2), (1, 2)])])
+def test_more_views_sum_both_directions_of_every_pair_like_a_naive_loop(digits, mode, pairs, softmax):
+    """YCbCr split into Y, Cb, Cr: the loss equals a naive sum over the pairs of the mode, both directions each, with
+    a Z per direction from the first batch (NCE)."""
+    method, _ = make(digits, color_space="ycbcr", view_split="channels", view_mode=mode, softmax=softmax)
+    model = method.build()
+    assert len(model.encoders) == len(model.banks) == 3 and model.z.shape == (2 * len(pairs),)
+    batch = data_batch(digits, 8)
+    views = method.views(batch.images, torch.Generator().manual_seed(0))
+    assert [v.shape[1] for v in views] == [1, 1, 1]
+    loss, logs = method.loss(model, views, batch, step=3)
+    with torch.no_grad():
+        feats = [f.double() for f in model(views)]
+    idx = method.sample_indices(batch.indices, step=3).tolist()
+    expected, pos_prob, d = 0.0, 0.0, 0
+    for i, j in pairs:
+        for anchor, other in ((i, j), (j, i)):
+            memory = model.banks[other].memory.double()
+            logits = torch.tensor([[float(feats[anchor][r] @ memory[k]) / 0.07 for k in row]
+                                   for r, row in enumerate(idx)],
+                                  dtype=torch.float64)
+            if softmax:
+                expected += naive_softmax(logits)
+                pos_prob += logits.softmax(1)[:, 0].mean().item()
+            else:
+                z = logits.exp().mean().item() * 1197
+                assert model.z[d].item() == pytest.approx(z, rel=1e-5)
+                expected += naive_nce(logits.exp() / z, 1197)
+                pos_prob += (logits.exp()[:, 0] / z).mean().item()
+            d += 1
+    assert d == len(method.config.directions)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert float(logs["pos_prob"]) == pytest.approx(pos_prob / d, rel=1e-4)
+    old = [bank.memory[batch.indices].double() for bank in model.banks]
+    method.after_step(model, step=4)  # every view's bank moves towards its new features
+    for bank, m, f in zip(model.banks, old, feats, strict=True):
+        new = torch.nn.functional.normalize(0.5 * m + 0.5 * f, dim=1)
+        assert torch.allclose(bank.memory[batch.indices].double(), new, atol=1e-5)
 
 
 def _bank_worker(rank, settings, world):
@@ -246,6 +299,7 @@ def test_nce_k_must_be_smaller_than_the_training_set():
     (["nce_t=0"], "0.0 < nce_t"),
     (["nce_m=1.0"], "0.0 <= nce_m < 1.0"),
     (["color_space=hsv"], "`color_space` must be one of lab, ycbcr, rgb"),
+    (["view_mode=ring"], "`view_mode` must be one of core, full"),
 ])
 def test_invalid_settings_exit_2_before_ray(settings, fragment, capsys):
     import ray
