@@ -232,6 +232,47 @@ def test_more_views_sum_both_directions_of_every_pair_like_a_naive_loop(digits, 
         assert torch.allclose(bank.memory[batch.indices].double(), new, atol=1e-5)
 
 
+# -- AlexNet halves ------------------------------------------------------------------------------------------------------
+def reference_alexnet_half_params(in_channels, feat_dim=128):
+    """Parameters of HobbitLong/CMC's ``alexnet_half``, layer by layer: bias-free convs + BN, fc6/fc7 + BN1d, fc8."""
+    convs = in_channels * 48 * 11 * 11 + 48 * 128 * 5 * 5 + 128 * 192 * 9 + 192 * 192 * 9 + 192 * 128 * 9
+    bn2d = 2 * (48 + 128 + 192 + 192 + 128)
+    fcs = (256 * 6 * 6 // 2) * 2048 + 2048 + 2 * 2048 + 2048 * 2048 + 2048 + 2 * 2048
+    return convs + bn2d + fcs + 2048 * feat_dim + feat_dim
+
+
+def test_alexnet_halves_have_the_reference_parameter_count(digits):
+    method, _ = make(digits, encoder="alexnet", width=1.0, encoder_width=0.5, feat_dim=128)
+    model = method.build()
+    counts = [sum(p.numel() for p in encoder.parameters()) for encoder in model.encoders]
+    assert counts == [reference_alexnet_half_params(1), reference_alexnet_half_params(2)] == [14_840_976, 14_846_784]
+    assert [encoder.backbone.feature_dim for encoder in model.encoders] == [2048, 2048]
+    full, _ = make(digits, encoder="alexnet", width=1.0, encoder_width=1.0)  # width 1: full AlexNet's layers (+ BN)
+    full_params = (96 * 121 + 96 * 256 * 25 + 256 * 384 * 9 + 384 * 384 * 9 + 384 * 256 * 9 + 2 * (96 + 256 + 384 + 384
+                   + 256) + 256 * 36 * 4096 + 4096 + 2 * 4096 + 4096 * 4096 + 4096 + 2 * 4096)
+    assert sum(p.numel() for p in full.build().encoders[0].backbone.parameters()) == full_params
+
+
+def test_alexnet_halves_train_on_64_px_views_and_refuse_small_images(digits):
+    from trainables.nets.alexnet import AlexNetHalf
+
+    torch.manual_seed(0)
+    half = AlexNetHalf(1)
+    half.eval()
+    assert half.features(torch.randn(1, 1, 224, 224)).shape[-2:] == (6, 6)  # the reference's 6 x 6: pooling is a no-op
+    with pytest.raises(ValueError, match="at least 63 px"):
+        half(torch.randn(2, 1, 32, 32))
+    method, _ = make(digits, encoder="alexnet", width=0.25, encoder_width=0.5, softmax=True)
+    model = method.build()
+    batch = data_batch(digits, 4)
+    views = [torch.randn(4, 1, 64, 64), torch.randn(4, 2, 64, 64)]
+    loss, _ = method.loss(model, views, batch, step=0)
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoders.parameters())
+    with pytest.raises(ConfigError, match="`encoder=alexnet` needs images of at least 63 px"):
+        prepare_trial("cmc", {"encoder": "alexnet", "nce_k": 64})
+
+
 def _bank_worker(rank, settings, world):
     from trainables import distributed
 
@@ -300,6 +341,7 @@ def test_nce_k_must_be_smaller_than_the_training_set():
     (["nce_m=1.0"], "0.0 <= nce_m < 1.0"),
     (["color_space=hsv"], "`color_space` must be one of lab, ycbcr, rgb"),
     (["view_mode=ring"], "`view_mode` must be one of core, full"),
+    (["encoder=alexnet", "nce_k=64"], "`encoder=alexnet` needs images of at least 63 px, but digits has 16 px"),
 ])
 def test_invalid_settings_exit_2_before_ray(settings, fragment, capsys):
     import ray

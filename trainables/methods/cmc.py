@@ -9,7 +9,8 @@ makes each channel a view (L, a, b; Y, Cb, Cr; R, G, B), contrasted as the paper
 pairs the first view with each other one, ``"full"`` every pair (the full graph); the loss is the sum over pairs.
 
 Model (:class:`CMCModel`): one encoder per view, each a project backbone (``build_backbone(..., in_channels=1 or 2)``,
-width ``TrainConfig.width * encoder_width``; the reference's ResNets are width 0.5 / 1 / 2 of a ResNet-50) followed
+width ``TrainConfig.width * encoder_width``; the reference's ResNets are width 0.5 / 1 / 2 of a ResNet-50), or with
+``encoder=alexnet`` the paper's AlexNet half (:class:`trainables.nets.alexnet.AlexNetHalf`, same width rule) followed
 by a linear embedding to ``feat_dim`` and L2 normalisation; a :class:`trainables.nets.MemoryBank` per view with one
 row per training image (``RunShape.num_samples``), momentum ``nce_m``; the buffer ``z`` of the two NCE normalisation
 constants (-1 = not yet set).
@@ -36,7 +37,8 @@ Deliberate differences from the reference:
 - scores and losses are computed in float32 outside autocast (``exp(s / T)`` reaches 1e6 at T = 0.07);
 - ``nce_k >= n`` is refused before launch (the reference crashes later);
 - an ``rgb`` split (R | GB, not in the paper) for gray datasets, where ab / CbCr carry nothing;
-- AlexNet halves are not implemented.
+- the AlexNet halves pool conv5 adaptively to 6 x 6 (the reference flattens it, so only 224 px inputs fit) and are
+  probed on fc7 features, not the reference's conv5.
 """
 
 from __future__ import annotations
@@ -52,11 +54,13 @@ from torch import Tensor, nn
 from trainables import distributed
 from trainables.config import ConfigError, TrainConfig, check_choice, check_range
 from trainables.data.augment import AugmentConfig, BatchAugment, to_lab, to_ycbcr
+from trainables.data.checks import default_image_size
 from trainables.losses import nce_loss, nce_softmax_loss
 from trainables.methods import register_method
 from trainables.methods.base import Batch, Encoder, Method, RunShape, unwrap
 from trainables.metrics import MetricNames
 from trainables.nets import MemoryBank, build_backbone, projection_head
+from trainables.nets.alexnet import MIN_IMAGE_SIZE, AlexNetHalf
 
 __all__ = ["COLOR_SPACES", "CMC", "CMCConfig", "CMCModel", "ColorSpace"]
 
@@ -98,6 +102,7 @@ class CMCConfig:
     feat_dim: int = 128  # embedding dimension of each view
     color_space: Literal["lab", "ycbcr", "rgb"] = "lab"  # views: L | ab, Y | CbCr, or R | GB
     encoder_width: float = 0.5  # each view's encoder has width TrainConfig.width * encoder_width (reference 0.5/1/2)
+    encoder: Literal["backbone", "alexnet"] = "backbone"  # TrainConfig.backbone or the AlexNet halves (>= 63 px)
     crop_scale_min: float = 0.2  # lower bound of RandomResizedCrop's area scale (the reference's crop_low)
     color_jitter: bool = False  # the later reference's --aug CJ: ColorJitter(0.4, 0.4, 0.4, 0.4) + RandomGrayscale(0.2)
     view_split: Literal["pair", "channels"] = "pair"  # pair: L | ab (Y | CbCr, R | GB); channels: L, a, b (3 views)
@@ -111,6 +116,7 @@ class CMCConfig:
         check_choice("color_space", self.color_space, tuple(COLOR_SPACES))
         check_range("encoder_width", self.encoder_width, low=0.0, low_inclusive=False)
         check_range("crop_scale_min", self.crop_scale_min, low=0.0, high=1.0, low_inclusive=False)
+        check_choice("encoder", self.encoder, ("backbone", "alexnet"))
         check_choice("view_split", self.view_split, ("pair", "channels"))
         check_choice("view_mode", self.view_mode, ("core", "full"))
 
@@ -194,10 +200,15 @@ class CMC(Method):
 
     @classmethod
     def check_data(cls, config: CMCConfig, train: TrainConfig, num_samples: int) -> None:
-        """``nce_k`` negatives are drawn from the other ``num_samples - 1`` rows: refuse ``nce_k >= num_samples``."""
+        """``nce_k`` negatives are drawn from the other ``num_samples - 1`` rows: refuse ``nce_k >= num_samples``; the
+        AlexNet halves need images of at least ``MIN_IMAGE_SIZE`` px."""
         if config.nce_k >= num_samples:
             raise ConfigError(f"`nce_k` must be smaller than the {num_samples} training images of {train.dataset}, "
                               f"but got nce_k={config.nce_k}")
+        size = train.image_size or default_image_size(train.dataset)
+        if config.encoder == "alexnet" and size is not None and size < MIN_IMAGE_SIZE:
+            raise ConfigError(f"`encoder=alexnet` needs images of at least {MIN_IMAGE_SIZE} px, but {train.dataset} "
+                              f"has {size} px: use encoder=backbone or a larger image_size")
 
     @property
     def space(self) -> ColorSpace:
@@ -219,7 +230,9 @@ class CMC(Method):
         stem = t.resolved_stem(self.data.image_size)
         encoders, banks = [], []
         for v, (_, channels) in enumerate(self.view_specs):
-            backbone = build_backbone(t.backbone, stem=stem, width=t.width * c.encoder_width, in_channels=channels)
+            width = t.width * c.encoder_width
+            backbone = (AlexNetHalf(channels, width=width) if c.encoder == "alexnet"
+                        else build_backbone(t.backbone, stem=stem, width=width, in_channels=channels))
             encoders.append(Encoder(backbone, projection_head(backbone.feature_dim, c.feat_dim, kind="linear"),
                                     normalize=True))
             banks.append(MemoryBank(self.shape.num_samples, c.feat_dim, c.nce_m, seed=_seed(t.seed, v)))
