@@ -44,6 +44,9 @@ OVERRIDES: dict[str, dict[str, Any]] = {"cmc": {"nce_k": 4096}}
 #: Variants beside each method's defaults: name -> (method, method settings).
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "selfcon_small": ("selfcon", {"selfcon_pos": [False, True, False], "selfcon_size": "small"}),
+    # CMC with L, a, b as three views: core view (L-a, L-b) and full graph (L-a, L-b, a-b)
+    "cmc_core3": ("cmc", {"nce_k": 4096, "view_split": "channels", "view_mode": "core"}),
+    "cmc_full3": ("cmc", {"nce_k": 4096, "view_split": "channels", "view_mode": "full"}),
 }
 CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     **{name: (name, OVERRIDES.get(name, {})) for name in sorted(METHODS, key=lambda m: (m != "supcon", m))},

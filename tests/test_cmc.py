@@ -174,9 +174,103 @@ def test_softmax_variant_keeps_z_unset(digits):
 
 
 @pytest.mark.parametrize("settings", [{"softmax": True}, {"color_space": "ycbcr", "feat_dim": 16},
-                                      {"color_space": "rgb", "nce_m": 0.0}])
+                                      {"color_space": "rgb", "nce_m": 0.0},
+                                      {"color_space": "ycbcr", "view_split": "channels", "view_mode": "full"}])
 def test_variants_pass_the_method_contract(digits, settings):
     check_method_contract("cmc", digits, **{**SMALL, **settings})
+
+
+# -- more than two views -------------------------------------------------------------------------------------------------
+def test_view_modes_pick_the_core_view_pairs_or_the_full_graph():
+    two = TrialSpec.from_settings("cmc").method_config
+    assert two.view_pairs == TrialSpec.from_settings("cmc", {"view_mode": "full"}).method_config.view_pairs == ((0, 1),)
+    assert two.directions == ((0, 1), (1, 0))  # the two-view order of Z's entries is unchanged
+    core = TrialSpec.from_settings("cmc", {"view_split": "channels"}).method_config
+    full = TrialSpec.from_settings("cmc", {"view_split": "channels", "view_mode": "full"}).method_config
+    assert core.view_pairs == ((0, 1), (0, 2)) and full.view_pairs == ((0, 1), (0, 2), (1, 2))
+    assert full.directions == ((0, 1), (1, 0), (0, 2), (2, 0), (1, 2), (2, 1))
+
+
+@pytest.mark.parametrize("softmax", [False, True])
+@pytest.mark.parametrize(("mode", "pairs"), [("core", [(0, 1), (0, 2)]), ("full", [(0, 1), (0, 2), (1, 2)])])
+def test_more_views_sum_both_directions_of_every_pair_like_a_naive_loop(digits, mode, pairs, softmax):
+    """YCbCr split into Y, Cb, Cr: the loss equals a naive sum over the pairs of the mode, both directions each, with
+    a Z per direction from the first batch (NCE)."""
+    method, _ = make(digits, color_space="ycbcr", view_split="channels", view_mode=mode, softmax=softmax)
+    model = method.build()
+    assert len(model.encoders) == len(model.banks) == 3 and model.z.shape == (2 * len(pairs),)
+    batch = data_batch(digits, 8)
+    views = method.views(batch.images, torch.Generator().manual_seed(0))
+    assert [v.shape[1] for v in views] == [1, 1, 1]
+    loss, logs = method.loss(model, views, batch, step=3)
+    with torch.no_grad():
+        feats = [f.double() for f in model(views)]
+    idx = method.sample_indices(batch.indices, step=3).tolist()
+    expected, pos_prob, d = 0.0, 0.0, 0
+    for i, j in pairs:
+        for anchor, other in ((i, j), (j, i)):
+            memory = model.banks[other].memory.double()
+            logits = torch.tensor([[float(feats[anchor][r] @ memory[k]) / 0.07 for k in row]
+                                   for r, row in enumerate(idx)],
+                                  dtype=torch.float64)
+            if softmax:
+                expected += naive_softmax(logits)
+                pos_prob += logits.softmax(1)[:, 0].mean().item()
+            else:
+                z = logits.exp().mean().item() * 1197
+                assert model.z[d].item() == pytest.approx(z, rel=1e-5)
+                expected += naive_nce(logits.exp() / z, 1197)
+                pos_prob += (logits.exp()[:, 0] / z).mean().item()
+            d += 1
+    assert d == len(method.config.directions)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert float(logs["pos_prob"]) == pytest.approx(pos_prob / d, rel=1e-4)
+    old = [bank.memory[batch.indices].double() for bank in model.banks]
+    method.after_step(model, step=4)  # every view's bank moves towards its new features
+    for bank, m, f in zip(model.banks, old, feats, strict=True):
+        new = torch.nn.functional.normalize(0.5 * m + 0.5 * f, dim=1)
+        assert torch.allclose(bank.memory[batch.indices].double(), new, atol=1e-5)
+
+
+# -- AlexNet halves ------------------------------------------------------------------------------------------------------
+def reference_alexnet_half_params(in_channels, feat_dim=128):
+    """Parameters of HobbitLong/CMC's ``alexnet_half``, layer by layer: bias-free convs + BN, fc6/fc7 + BN1d, fc8."""
+    convs = in_channels * 48 * 11 * 11 + 48 * 128 * 5 * 5 + 128 * 192 * 9 + 192 * 192 * 9 + 192 * 128 * 9
+    bn2d = 2 * (48 + 128 + 192 + 192 + 128)
+    fcs = (256 * 6 * 6 // 2) * 2048 + 2048 + 2 * 2048 + 2048 * 2048 + 2048 + 2 * 2048
+    return convs + bn2d + fcs + 2048 * feat_dim + feat_dim
+
+
+def test_alexnet_halves_have_the_reference_parameter_count(digits):
+    method, _ = make(digits, encoder="alexnet", width=1.0, encoder_width=0.5, feat_dim=128)
+    model = method.build()
+    counts = [sum(p.numel() for p in encoder.parameters()) for encoder in model.encoders]
+    assert counts == [reference_alexnet_half_params(1), reference_alexnet_half_params(2)] == [14_840_976, 14_846_784]
+    assert [encoder.backbone.feature_dim for encoder in model.encoders] == [2048, 2048]
+    full, _ = make(digits, encoder="alexnet", width=1.0, encoder_width=1.0)  # width 1: full AlexNet's layers (+ BN)
+    full_params = (96 * 121 + 96 * 256 * 25 + 256 * 384 * 9 + 384 * 384 * 9 + 384 * 256 * 9 + 2 * (96 + 256 + 384 + 384
+                   + 256) + 256 * 36 * 4096 + 4096 + 2 * 4096 + 4096 * 4096 + 4096 + 2 * 4096)
+    assert sum(p.numel() for p in full.build().encoders[0].backbone.parameters()) == full_params
+
+
+def test_alexnet_halves_train_on_64_px_views_and_refuse_small_images(digits):
+    from trainables.nets.alexnet import AlexNetHalf
+
+    torch.manual_seed(0)
+    half = AlexNetHalf(1)
+    half.eval()
+    assert half.features(torch.randn(1, 1, 224, 224)).shape[-2:] == (6, 6)  # the reference's 6 x 6: pooling is a no-op
+    with pytest.raises(ValueError, match="at least 63 px"):
+        half(torch.randn(2, 1, 32, 32))
+    method, _ = make(digits, encoder="alexnet", width=0.25, encoder_width=0.5, softmax=True)
+    model = method.build()
+    batch = data_batch(digits, 4)
+    views = [torch.randn(4, 1, 64, 64), torch.randn(4, 2, 64, 64)]
+    loss, _ = method.loss(model, views, batch, step=0)
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoders.parameters())
+    with pytest.raises(ConfigError, match="`encoder=alexnet` needs images of at least 63 px"):
+        prepare_trial("cmc", {"encoder": "alexnet", "nce_k": 64})
 
 
 def _bank_worker(rank, settings, world):
@@ -246,6 +340,8 @@ def test_nce_k_must_be_smaller_than_the_training_set():
     (["nce_t=0"], "0.0 < nce_t"),
     (["nce_m=1.0"], "0.0 <= nce_m < 1.0"),
     (["color_space=hsv"], "`color_space` must be one of lab, ycbcr, rgb"),
+    (["view_mode=ring"], "`view_mode` must be one of core, full"),
+    (["encoder=alexnet", "nce_k=64"], "`encoder=alexnet` needs images of at least 63 px, but digits has 16 px"),
 ])
 def test_invalid_settings_exit_2_before_ray(settings, fragment, capsys):
     import ray
