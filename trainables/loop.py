@@ -478,3 +478,13 @@ class RecordingReporter:
         self.metrics.append(dict(metrics))
         if state is not None:
             self.state = state
+
+
+# -- the pieces a fused run (trainables.fused) shares with fit ---------------------------------------------------------
+seed_everything = _seed_everything
+epoch_order = _epoch_order
+read_batches = _batches
+evaluate = _evaluate
+epoch_report = _epoch_report
+Run = _Run
+Progress = _Progress
