@@ -333,6 +333,36 @@ class FusedRun:
         for g in grads:
             g.mul_(FusedOptimizer._col(coef, g))
 
+    def train_step(self, batches: Sequence[Batch], *, epoch: int = 0) -> tuple[Tensor, dict[str, Tensor]]:
+        """One fused optimiser step on member k's ``batches[k]`` (views drawn from member k's generator); returns the
+        losses ``[K]`` and logs ``{name: [K]}`` (detached)."""
+        k = len(self.members)
+        with torch.no_grad():
+            member_views = [m.method.views(b.images, m.generator) for m, b in zip(self.members, batches)]
+            views = [torch.stack(vs) for vs in zip(*member_views)]
+            if self.channels_last:
+                views = [v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v for v in views]
+        stacked = [torch.stack([getattr(b, f) for b in batches]) for f in ("images", "labels", "indices")]
+        autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype
+                    else torch.autocast(self.device.type, enabled=False))
+        with autocast:
+            losses, logs, stash = self._losses(views, *stacked)
+        bad = [i for i in range(k) if not torch.isfinite(losses[i])]
+        if bad:
+            raise FloatingPointError(f"loss is {losses[bad[0]].item()} for member {bad[0]} at epoch {epoch}, "
+                                     f"step {self.step}: the trial diverged (lower lr or temperature)")
+        self.optimizer.zero_grad()
+        losses.sum().backward()
+        self._clip()
+        self.optimizer.step(self._lrs())
+        self.step += 1
+        for i, m in enumerate(self.members):
+            for attr, value in stash.items():
+                setattr(m.method, attr, value[i])
+            m.progress.step = self.step
+            m.method.after_step(m.model, step=self.step)
+        return losses.detach().float(), {name: v.detach().float() for name, v in logs.items()}
+
     def train_epoch(self, epoch: int) -> list[dict[str, Any]]:
         """One epoch of fused optimiser steps; returns each member's training metrics (as ``fit`` reports them)."""
         data, k = self.data, len(self.members)
@@ -347,34 +377,10 @@ class FusedRun:
         t0 = time.perf_counter()
         for step_batches in zip(*per_seed.values()):
             by_seed = dict(zip(per_seed, step_batches))
-            batches = [by_seed[s] for s in seeds]
-            with torch.no_grad():
-                member_views = [m.method.views(b.images, m.generator) for m, b in zip(self.members, batches)]
-                views = [torch.stack(vs) for vs in zip(*member_views)]
-                if self.channels_last:
-                    views = [v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v for v in views]
-            stacked = [torch.stack([getattr(b, f) for b in batches]) for f in ("images", "labels", "indices")]
-            autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype
-                        else torch.autocast(self.device.type, enabled=False))
-            with autocast:
-                losses, logs, stash = self._losses(views, *stacked)
-            bad = [i for i in range(k) if not torch.isfinite(losses[i])]
-            if bad:
-                raise FloatingPointError(f"loss is {losses[bad[0]].item()} for member {bad[0]} at epoch {epoch}, "
-                                         f"step {self.step}: the trial diverged (lower lr or temperature)")
-            self.optimizer.zero_grad()
-            losses.sum().backward()
-            self._clip()
-            self.optimizer.step(self._lrs())
-            self.step += 1
-            for i, m in enumerate(self.members):
-                for attr, value in stash.items():
-                    setattr(m.method, attr, value[i])
-                m.progress.step = self.step
-                m.method.after_step(m.model, step=self.step)
-            loss_sum += losses.detach().float()
+            losses, logs = self.train_step([by_seed[s] for s in seeds], epoch=epoch)
+            loss_sum += losses
             for name, v in logs.items():
-                log_sums[name] = log_sums.get(name, 0.0) + v.detach().float()
+                log_sums[name] = log_sums.get(name, 0.0) + v
         train_time = time.perf_counter() - t0
         steps = self.shape.steps_per_epoch
         return [{"train_loss": (loss_sum[i] / steps).item(),
