@@ -191,11 +191,12 @@ def test_drop_keeps_survivors_exactly_and_trains_on(data) -> None:
 # -- whole runs -------------------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_fused_fit_equals_unfused_fit_and_resumes_exactly(data) -> None:
-    """Two SupCon members, 1 epoch of 18 steps: fit_fused against two unfused fits. Float32 round-off of the
-    grouped convolutions (1e-7 per step, teacher-forced above) is amplified by training: measured after 18 steps,
-    parameters within 1.5e-3 (max abs), train loss within 2e-5 (relative), kNN within 1 val image; the bounds below
-    are 3-5x that. A resumed fused run (stopped after epoch 1) equals the straight one bit for bit."""
-    specs = specs_for("supcon", epochs=2)
+    """Two SupCon members, epoch 1 = 4 steps of 256: fit_fused against two unfused fits. Float32 round-off of the
+    grouped convolutions (1e-7 per step, teacher-forced above) is amplified by training (after 9 steps at lr 0.05
+    parameters already differ by up to 1e-2): measured after 4 steps, parameters within 2.3e-4 (max abs), train loss
+    within 1e-5 (relative), kNN within 1 val image; the bounds below are 3-10x that. A resumed fused run (from the
+    state after epoch 1) ends equal to the straight one bit for bit."""
+    specs = specs_for("supcon", epochs=2, batch_size=256)
     states: list[dict] = []
     reports: list[list[dict]] = []
     fused = fit_fused(specs, data=data, device=torch.device("cpu"),
@@ -207,7 +208,7 @@ def test_fused_fit_equals_unfused_fit_and_resumes_exactly(data) -> None:
         ref = rec.metrics[0]
         for name, t in rec.state["model"].items():
             if name in after_1["params"]:
-                torch.testing.assert_close(after_1["params"][name][k], t, rtol=0, atol=5e-3, msg=name)
+                torch.testing.assert_close(after_1["params"][name][k], t, rtol=0, atol=2e-3, msg=name)
         mine = reports[0][k]
         assert mine["member"] == k and mine["epoch"] == 1
         assert mine["train_loss"] == pytest.approx(ref["train_loss"], rel=1e-4)

@@ -188,7 +188,7 @@ class FusedOptimizer:
             p.grad = None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"steps": self.steps, "state": {n: dict(s) for n, s in self.state.items()}}
+        return {"steps": self.steps, "state": {n: {k: v.clone() for k, v in s.items()} for n, s in self.state.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.steps = state["steps"]
