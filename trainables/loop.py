@@ -482,6 +482,8 @@ class RecordingReporter:
 
 # -- the pieces a fused run (trainables.fused) shares with fit ---------------------------------------------------------
 seed_everything = _seed_everything
+setup = _setup
+train_epoch = _train_epoch
 epoch_order = _epoch_order
 read_batches = _batches
 evaluate = _evaluate
