@@ -76,8 +76,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for k in ks:
         f, u = statistics.median(fused[k]), statistics.median(unfused[k])
-        per_hour = lambda t: k * 3600 / (args.epochs * t)  # noqa: E731
-        print(f"| {k} | {f:.2f} | {u:.2f} | {per_hour(f):.0f} | {per_hour(u):.0f} | {u / f:.2f}x |")
+        fph, uph = (k * 3600 / (args.epochs * t) for t in (f, u))
+        print(f"| {k} | {f:.2f} | {u:.2f} | {fph:.0f} | {uph:.0f} | {u / f:.2f}x |")
 
 
 if __name__ == "__main__":

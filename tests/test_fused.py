@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from trainables.config import TrainConfig
-from trainables.fused import FuseError, FusedOptimizer, FusedRun, check_fusable, fit_fused, per_member_fields
+from trainables.fused import FusedOptimizer, FusedRun, FuseError, check_fusable, fit_fused, per_member_fields
 from trainables.loop import RecordingReporter, epoch_order, fit, load_data, read_batches
 from trainables.optim import build_optimizer
 from trainables.trial import TrialSpec
@@ -84,7 +84,7 @@ def test_fused_optimizer_matches_torch_per_member(kind: str) -> None:
     refs = [build_optimizer(net, t) for net, t in zip(nets, trains)]
     for step in range(4):
         lrs = [t.lr * (1 - step / 10) for t in trains]  # a schedule: the lr changes every step
-        for net, opt, lr in zip(nets, refs, lrs):
+        for opt, lr in zip(refs, lrs):
             for group in opt.param_groups:
                 group["lr"] = lr
         for name, stack in stacks.items():
