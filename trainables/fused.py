@@ -253,6 +253,10 @@ class FusedRun:
                                         member_ndim={n: t.dim() for n, t in template.items()})
         own = per_member_fields(specs[0].method) - TRAIN_PER_MEMBER
         self._scalar_fields = sorted(f for f in own if len({getattr(s.method_config, f) for s in specs}) > 1)
+        # TrainConfig numbers that differ reach the loss per member too (a loss reading member 0's would be wrong)
+        self._train_fields = sorted(f for f in TRAIN_PER_MEMBER if len({getattr(s.train, f) for s in specs}) > 1
+                                    and isinstance(getattr(train, f), (int, float))
+                                    and not isinstance(getattr(train, f), bool))
         self._bind()
         self.step = 0
         if resume_state is not None:
@@ -268,6 +272,8 @@ class FusedRun:
                 _set_tensor(m.model, name, self.buffers[canon][k], parameter=False)
         self._scalars = {f: torch.tensor([getattr(m.method.config, f) for m in self.members], dtype=torch.float32,
                                          device=self.device) for f in self._scalar_fields}
+        self._train_scalars = {f: torch.tensor([getattr(m.spec.train, f) for m in self.members], device=self.device)
+                               for f in self._train_fields}
 
     def drop(self, members: Sequence[int]) -> None:
         """Remove members (indices into :attr:`members`) from the fused model; the rest train on unchanged."""
@@ -284,14 +290,16 @@ class FusedRun:
         self._bind()
 
     # -- training --------------------------------------------------------------------------------------------------------
-    def _method_with(self, scalars: dict[str, Tensor]) -> Method:
-        """A shallow copy of member 0's method whose config holds ``scalars`` (vmap's per-member 0-dim tensors)."""
+    def _method_with(self, scalars: dict[str, Tensor], train_scalars: dict[str, Tensor]) -> Method:
+        """A shallow copy of member 0's method whose config (and TrainConfig) hold ``scalars`` (``train_scalars``):
+        vmap's per-member 0-dim tensors of the settings that differ between members."""
         method = copy.copy(self.members[0].method)
-        if scalars:
-            config = copy.copy(method.config)
-            for name, value in scalars.items():
-                object.__setattr__(config, name, value)
-            method.config = config
+        for attr, values in (("config", scalars), ("train", train_scalars)):
+            if values:
+                config = copy.copy(getattr(method, attr))
+                for name, value in values.items():
+                    object.__setattr__(config, name, value)
+                setattr(method, attr, config)
         return method
 
     def _losses(self, views: list[Tensor], images: Tensor, labels: Tensor, indices: Tensor
@@ -299,8 +307,8 @@ class FusedRun:
         """Every member's loss ``[K]``, logs ``{name: [K]}`` and what the loss stashed on the method ``{attr: [K, ...]}``."""
         step = self.step
 
-        def one(params, buffers, scalars, views, images, labels, indices):
-            method = self._method_with(scalars)
+        def one(params, buffers, scalars, train_scalars, views, images, labels, indices):
+            method = self._method_with(scalars, train_scalars)
             before = dict(vars(method))
             loss, logs = torch.func.functional_call(self._call, (params, buffers),
                                                     (method, views, Batch(images, labels, indices), step))
@@ -310,12 +318,13 @@ class FusedRun:
         params = {f"model.{n}": p for n, p in self.params.items()}
         buffers = {f"model.{n}": b for n, b in self.buffers.items()}
         try:
-            return torch.func.vmap(one, randomness="error")(params, buffers, self._scalars, views, images, labels,
-                                                            indices)
-        except RuntimeError as e:
-            if "vmap" not in str(e):
+            return torch.func.vmap(one, randomness="error")(params, buffers, self._scalars, self._train_scalars, views,
+                                                            images, labels, indices)
+        except (RuntimeError, TypeError, ValueError) as e:
+            per_member = self._scalar_fields + self._train_fields
+            if not ("vmap" in str(e) or (per_member and not isinstance(e, RuntimeError))):
                 raise
-            differ = ", ".join(self._scalar_fields) or "(none)"
+            differ = ", ".join(self._scalar_fields + self._train_fields) or "(none)"
             raise FuseError(f"method {self.members[0].spec.method} cannot be fused: its loss does not run under "
                             f"torch.func.vmap (settings given per member: {differ}): {e}") from e
 
