@@ -8,8 +8,11 @@ probes run per member, fused or not): ``FusedRun.train_epoch`` for the K members
 out the load of a shared machine. Trials per hour = K * 3600 / (epochs per trial * epoch time), with
 ``--epochs`` per trial; the ratio fused / unfused does not depend on it.
 
+``--no-onednn`` runs the fused epochs with oneDNN (mkldnn) off, i.e. vmap's grouped convolutions on PyTorch's own
+CPU kernels: the alternative measured when choosing how to fuse on CPU.
+
     .venv/bin/python bench/bench_fused.py [--ks 1,2,4,8] [--width 0.125] [--batch 128] [--threads 2] [--rounds 3]
-        [--epochs 10] [--device cpu]
+        [--epochs 10] [--device cpu] [--no-onednn]
 """
 
 from __future__ import annotations
@@ -31,11 +34,12 @@ def member_specs(k: int, *, width: float, batch: int) -> list[TrialSpec]:
                                     preset="digits") for i in range(k)]
 
 
-def fused_epoch(specs: list[TrialSpec], data, device: torch.device) -> float:
+def fused_epoch(specs: list[TrialSpec], data, device: torch.device, *, onednn: bool = True) -> float:
     run = FusedRun(specs, data=data, device=device)
-    t0 = time.perf_counter()
-    run.train_epoch(1)
-    return time.perf_counter() - t0
+    with torch.backends.mkldnn.flags(enabled=onednn):
+        t0 = time.perf_counter()
+        run.train_epoch(1)
+        return time.perf_counter() - t0
 
 
 def unfused_epochs(specs: list[TrialSpec], data, device: torch.device) -> float:
@@ -57,6 +61,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--no-onednn", action="store_true", help="fused epochs with oneDNN (mkldnn) convolutions off")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -68,10 +73,10 @@ def main() -> None:
     for _ in range(args.rounds):
         for k in ks:
             specs = member_specs(k, width=args.width, batch=args.batch)
-            fused[k].append(fused_epoch(specs, data, device))
+            fused[k].append(fused_epoch(specs, data, device, onednn=not args.no_onednn))
             unfused[k].append(unfused_epochs(specs, data, device))
     print(f"device={device} threads={args.threads} width={args.width} batch={args.batch} rounds={args.rounds} "
-          f"epochs/trial={args.epochs}\n")
+          f"epochs/trial={args.epochs} onednn={'off' if args.no_onednn else 'on'} (fused)\n")
     print("| K | fused epoch (s) | K unfused epochs (s) | fused trials/h | unfused trials/h | fused / unfused |")
     print("|---|---|---|---|---|---|")
     for k in ks:
