@@ -12,7 +12,7 @@ out the load of a shared machine. Trials per hour = K * 3600 / (epochs per trial
 CPU kernels: the alternative measured when choosing how to fuse on CPU.
 
     .venv/bin/python bench/bench_fused.py [--ks 1,2,4,8] [--width 0.125] [--batch 128] [--threads 2] [--rounds 3]
-        [--epochs 10] [--device cpu] [--no-onednn]
+        [--epochs 10] [--device cpu] [--no-onednn] [--dataset digits]
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ from trainables.fused import FusedRun
 from trainables.trial import TrialSpec
 
 
-def member_specs(k: int, *, width: float, batch: int) -> list[TrialSpec]:
-    return [TrialSpec.from_settings("supcon", {"width": width, "batch_size": batch, "epochs": 1, "seed": i,
+def member_specs(k: int, *, width: float, batch: int, dataset: str = "digits") -> list[TrialSpec]:
+    return [TrialSpec.from_settings("supcon", {"dataset": dataset, "width": width, "batch_size": batch, "epochs": 1,
+                                               "seed": i,
                                                "lr": 0.05 * (1 + i / 8), "temperature": 0.1 + 0.02 * i},
                                     preset="digits") for i in range(k)]
 
@@ -55,6 +56,7 @@ def unfused_epochs(specs: list[TrialSpec], data, device: torch.device) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--ks", default="1,2,4,8")
+    p.add_argument("--dataset", default="digits", help="digits, or cifar10 etc. (one epoch each: mind the size)")
     p.add_argument("--width", type=float, default=0.125)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--threads", type=int, default=2)
@@ -66,13 +68,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     ks = [int(k) for k in args.ks.split(",")]
-    data = loop.load_data(member_specs(1, width=args.width, batch=args.batch)[0].train)
+    one = member_specs(1, width=args.width, batch=args.batch, dataset=args.dataset)
+    data = loop.load_data(one[0].train)
     fused: dict[int, list[float]] = {k: [] for k in ks}
     unfused: dict[int, list[float]] = {k: [] for k in ks}
-    fused_epoch(member_specs(1, width=args.width, batch=args.batch), data, device)  # warm-up (allocator, mkldnn)
+    fused_epoch(one, data, device)  # warm-up (allocator, oneDNN)
     for _ in range(args.rounds):
         for k in ks:
-            specs = member_specs(k, width=args.width, batch=args.batch)
+            specs = member_specs(k, width=args.width, batch=args.batch, dataset=args.dataset)
             fused[k].append(fused_epoch(specs, data, device, onednn=not args.no_onednn))
             unfused[k].append(unfused_epochs(specs, data, device))
     print(f"device={device} threads={args.threads} width={args.width} batch={args.batch} rounds={args.rounds} "
