@@ -47,6 +47,7 @@ from trainables.loop import (
     epoch_report,
     load_data,
     memory_format,
+    peak_mem_mb,
     precision,
     read_batches,
     seed_everything,
@@ -397,7 +398,7 @@ class FusedRun:
                  "current_lr": m.lr(self.step - 1),
                  "epoch_time_s": train_time,
                  "images_per_s": steps * m.spec.train.batch_size / train_time,
-                 "peak_mem_mb": _peak_mem_mb(self.device),
+                 "peak_mem_mb": peak_mem_mb(self.device),
                  "fused_members": k}
                 for i, m in enumerate(self.members)]
 
@@ -451,14 +452,6 @@ class FusedRun:
     @property
     def epoch(self) -> int:
         return self.members[0].progress.epoch
-
-
-def _peak_mem_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def fit_fused(
