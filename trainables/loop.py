@@ -486,7 +486,6 @@ setup = _setup
 train_epoch = _train_epoch
 epoch_order = _epoch_order
 read_batches = _batches
-evaluate = _evaluate
 peak_mem_mb = _peak_mem_mb
 epoch_report = _epoch_report
 Run = _Run
