@@ -478,3 +478,15 @@ class RecordingReporter:
         self.metrics.append(dict(metrics))
         if state is not None:
             self.state = state
+
+
+# -- the pieces a fused run (trainables.fused) shares with fit ---------------------------------------------------------
+seed_everything = _seed_everything
+setup = _setup
+train_epoch = _train_epoch
+epoch_order = _epoch_order
+read_batches = _batches
+peak_mem_mb = _peak_mem_mb
+epoch_report = _epoch_report
+Run = _Run
+Progress = _Progress

@@ -30,6 +30,12 @@ __all__ = ["sce_loss", "sigmoid_pairwise_loss", "supcon_loss"]
 ContrastMode = Literal["all", "one"]
 
 
+def _number(value: object) -> bool:
+    """Whether a scalar argument is a Python number, whose range the loss checks. A 0-dim tensor (a fused trial's
+    per-member value under ``torch.func.vmap``, see trainables/fused.py) was checked by the config that made it."""
+    return not isinstance(value, Tensor)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # SupCon / SimCLR / SelfCon
 # --------------------------------------------------------------------------------------------------------------------
@@ -81,9 +87,9 @@ def supcon_loss(
         raise ValueError(
             f"`features` must hold at least one sample and one view, but got shape {tuple(features.shape)}"
         )
-    if not temperature > 0:
+    if _number(temperature) and not temperature > 0:
         raise ValueError(f"`temperature > 0` must hold, but got temperature={temperature!r}")
-    if not base_temperature > 0:
+    if _number(base_temperature) and not base_temperature > 0:
         raise ValueError(f"`base_temperature > 0` must hold, but got base_temperature={base_temperature!r}")
     if contrast_mode not in ("all", "one"):
         raise ValueError(f"`contrast_mode` must be 'all' or 'one', but got contrast_mode={contrast_mode!r}")
@@ -126,12 +132,12 @@ def supcon_loss(
     positive_logits = (logits * positive).sum(dim=1)
     mean_log_prob_pos = (positive_logits - n_positive * log_normaliser) / n_positive.clamp(min=1)
     # Anchors of the whole batch with a positive: sample b's vectors have views * count(label_b) - 1 positives.
-    _, inverse, counts = torch.unique(sample_labels, return_inverse=True, return_counts=True)
-    n_with_positive = anchor_views * int((views * counts[inverse] > 1).sum())
+    # (Tensor arithmetic, no data-dependent branch, so that torch.func.vmap can batch it: trainables/fused.py.)
+    counts = (sample_labels[:, None] == sample_labels[None, :]).sum(dim=1)  # count(label_b), [B]
+    n_with_positive = anchor_views * (views * counts > 1).sum()
     n_all = anchor_views * batch
-    if n_with_positive == 0:
-        return mean_log_prob_pos.sum() * 0.0  # every term is 0; keeps the graph, so the gradient is 0
-    denominator = n_with_positive * anchor_ids.numel() / n_all  # n_with_positive without anchor_index
+    # With no positive anywhere every term is 0, so any denominator >= 1 gives the loss 0 and the gradient 0.
+    denominator = (n_with_positive.clamp(min=1).double() * anchor_ids.numel() / n_all).to(mean_log_prob_pos.dtype)
     return -(temperature / base_temperature) * mean_log_prob_pos.sum() / denominator
 
 
@@ -290,11 +296,11 @@ def sce_loss(q: Tensor, k: Tensor, queue: Tensor, *, temperature: float, tempera
         raise ValueError(f"`q` must hold at least one row, but got shape {tuple(q.shape)}")
     if queue.ndim != 2 or queue.shape[0] == 0 or queue.shape[1] != q.shape[1]:
         raise ValueError(f"`queue` must have shape [Q >= 1, D={q.shape[1]}], but got shape {tuple(queue.shape)}")
-    if not temperature > 0:
+    if _number(temperature) and not temperature > 0:
         raise ValueError(f"`temperature > 0` must hold, but got temperature={temperature!r}")
-    if not temperature_m > 0:
+    if _number(temperature_m) and not temperature_m > 0:
         raise ValueError(f"`temperature_m > 0` must hold, but got temperature_m={temperature_m!r}")
-    if not 0 <= coeff <= 1:
+    if _number(coeff) and not 0 <= coeff <= 1:
         raise ValueError(f"`0 <= coeff <= 1` must hold, but got coeff={coeff!r}")
     dtype = torch.promote_types(q.dtype, torch.float32)
     q = torch.nn.functional.normalize(q.to(dtype), dim=1)
@@ -302,7 +308,7 @@ def sce_loss(q: Tensor, k: Tensor, queue: Tensor, *, temperature: float, tempera
     with torch.no_grad():
         k = torch.nn.functional.normalize(k.detach().to(dtype), dim=1)
         relational = torch.softmax(k @ queue.T / temperature_m, dim=1)  # s_i over the queue, [B, Q]
-        target = torch.cat([torch.full_like(relational[:, :1], coeff), (1 - coeff) * relational], dim=1)
+        target = torch.cat([torch.ones_like(relational[:, :1]) * coeff, (1 - coeff) * relational], dim=1)
     logits = torch.cat([(q * k).sum(1, keepdim=True), q @ queue.T], dim=1) / temperature  # [B, 1 + Q]
     return -(target * torch.log_softmax(logits, dim=1)).sum(1).mean()
 # CMC: noise-contrastive estimation against a memory bank (Tian et al. 2019, eq. 12) and its softmax variant
