@@ -117,7 +117,7 @@ class TrainConfig:
     warmup_epochs: float | Literal["auto"] = "auto"
     warmup_from: float = 0.01
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # autocast dtype; auto: bf16 on CUDA, off on CPU; fp16: GPU
-    memory_format: Literal["auto", "channels_last", "contiguous"] = "auto"  # auto: channels_last on CUDA
+    memory_format: Literal["auto", "channels_last", "contiguous"] = "auto"  # auto: channels_last (measured)
     compile: bool = False  # torch.compile the model (its warm-up steps are left out of epoch_time_s / images_per_s)
     grad_clip: float = 0.0  # max global gradient norm; 0 = off
     # reproducibility
