@@ -129,56 +129,70 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--sections", default="start,step,train,sweep",
+                   help="comma-separated subset of start, step, train, sweep (train and sweep start Ray)")
     a = p.parse_args()
+    sections = set(a.sections.split(","))
     print(f"command: PYTHONPATH=. .venv/bin/python bench/bench_perf.py --threads {a.threads} --train-epochs "
           f"{a.train_epochs} --train-width {a.train_width} --trials {a.trials} --epochs {a.epochs} --batch {a.batch} "
-          f"--steps {a.steps} --rounds {a.rounds}  (load average at start: {os.getloadavg()[0]:.1f})", flush=True)
+          f"--steps {a.steps} --rounds {a.rounds} --sections {a.sections}  (load average at start: "
+          f"{os.getloadavg()[0]:.1f})", flush=True)
     rows: list[tuple[str, str]] = []
 
-    start = cli_start()
-    rows.append(("`csweep --help` / `csweep` alone, wall s", f"{start['--help']:.2f} / {start['']:.2f}"))
-    print(rows[-1], flush=True)
+    if "start" in sections:
+        start = cli_start()
+        rows.append(("`csweep --help` / `csweep` alone, wall s", f"{start['--help']:.2f} / {start['']:.2f}"))
+        print(rows[-1], flush=True)
 
     import torch
 
     torch.set_num_threads(a.threads)
-    mm = matmul_gflops()
-    step = step_gflops(a.batch, a.steps, a.rounds)
-    for fmt, (gflops, ips) in step.items():
-        rows.append((f"ResNet-18 CIFAR step, batch {a.batch}, {a.threads} threads, {fmt}: GFLOP/s (img/s) vs "
-                     f"matmul {mm:.0f} GFLOP/s", f"{gflops:.0f} ({ips:.1f} img/s), {gflops / mm:.0%} of matmul"))
+    if "step" in sections:
+        mm = matmul_gflops()
+        step = step_gflops(a.batch, a.steps, a.rounds)
+        for fmt, (gflops, ips) in step.items():
+            rows.append((f"ResNet-18 CIFAR step, batch {a.batch}, {a.threads} threads, {fmt}: GFLOP/s (img/s) vs "
+                         f"matmul {mm:.0f} GFLOP/s", f"{gflops:.0f} ({ips:.1f} img/s), {gflops / mm:.0%} of matmul"))
+            print(rows[-1], flush=True)
+        rows.append(("channels_last / contiguous step speed",
+                     f"{step['channels_last'][1] / step['contiguous'][1]:.2f}x"))
         print(rows[-1], flush=True)
-    rows.append(("channels_last / contiguous step speed", f"{step['channels_last'][1] / step['contiguous'][1]:.2f}x"))
-    print(rows[-1], flush=True)
 
-    tp = train_vs_plain(a.threads, a.train_epochs, a.train_width)
-    (cs, cips), (ps, pips) = tp["csweep train"], tp["plain fit"]
-    rows.append((f"`csweep train supcon --dataset digits --epochs {a.train_epochs} --set width={a.train_width}` vs "
-                 f"plain `fit`, {a.threads} threads, fresh processes: wall s (img/s)",
-                 f"{cs:.1f} ({cips:.1f}) vs {ps:.1f} ({pips:.1f}): {cs / ps:.2f}x"))
-    print(rows[-1], flush=True)
+    if "train" in sections:
+        tp = train_vs_plain(a.threads, a.train_epochs, a.train_width)
+        (cs, cips), (ps, pips) = tp["csweep train"], tp["plain fit"]
+        rows.append((f"`csweep train supcon --dataset digits --epochs {a.train_epochs} --set width={a.train_width}` "
+                     f"vs plain `fit`, {a.threads} threads, fresh processes: wall s (img/s)",
+                     f"{cs:.1f} ({cips:.1f}) vs {ps:.1f} ({pips:.1f}): {cs / ps:.2f}x"))
+        print(rows[-1], flush=True)
+    if "sweep" in sections:
+        rows += sweep_rows(a.trials, a.epochs)
+    print("\n| what | measured |\n| --- | --- |")
+    for what, value in rows:
+        print(f"| {what} | {value} |")
 
+
+def sweep_rows(trials: int, epochs: int) -> list[tuple[str, str]]:
+    """Rows of the per-trial overhead of each executor (starts Ray in this process, shuts it down at the end)."""
     from bench_overhead import plain_seconds, sweep_seconds
 
-    plain = plain_seconds(a.trials, a.epochs)
+    rows = []
+    plain = plain_seconds(trials, epochs)
     from search.cluster import init_ray
 
     ray = init_ray(num_cpus=2, driver_slots=1)
     try:
         with tempfile.TemporaryDirectory() as storage:
             for executor in ("inline", "train"):
-                t = sweep_seconds(executor, a.trials, a.epochs, storage)
-                rows.append((f"sweep of {a.trials} trials x {a.epochs} epochs, {executor} executor: s/trial vs plain "
+                t = sweep_seconds(executor, trials, epochs, storage)
+                rows.append((f"sweep of {trials} trials x {epochs} epochs, {executor} executor: s/trial vs plain "
                              f"{plain:.2f}; overhead per trial; first trial; later trials' steady overhead",
                              f"{t.per_trial:.2f} ({t.per_trial / plain:.2f}x); {t.per_trial - plain:.2f}; "
                              f"{t.first:.2f}; {t.later - plain:.2f}"))
                 print(rows[-1], flush=True)
     finally:
         ray.shutdown()
-
-    print("\n| what | measured |\n| --- | --- |")
-    for what, value in rows:
-        print(f"| {what} | {value} |")
+    return rows
 
 
 if __name__ == "__main__":
