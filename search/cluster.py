@@ -34,8 +34,11 @@ __all__ = [
 #: Custom resource that acts as a semaphore for trial drivers (one unit per concurrent trial driver).
 DRIVER_RESOURCE = "trial_driver"
 
-#: Environment every Ray process gets: reports follow the epochs instead of waiting for the 2 s default poll.
-RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2", "RAY_TRAIN_V2_ENABLED": "1", "PYTHONUNBUFFERED": "1"}
+#: Environment every Ray process gets: reports follow the epochs instead of waiting for the 2 s default poll; the
+#: workers of a local Ray run at normal priority (Ray starts them at nice 15: on a shared machine they then lost the
+#: CPU to every other process, and trials trained several times slower than the same loop outside Ray).
+RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2", "RAY_TRAIN_V2_ENABLED": "1", "PYTHONUNBUFFERED": "1",
+           "RAY_worker_niceness": "0"}
 
 
 @dataclass(frozen=True)

@@ -630,3 +630,19 @@ def test_default_threads_share_the_machine_among_the_trials_at_once(workers, cpu
     assert got == expected
     at_once = concurrency or min(trials, cpus // workers)
     assert at_once * workers * got <= cpus
+
+
+@pytest.mark.slow
+def test_local_ray_workers_run_at_the_drivers_priority():
+    """Ray starts its workers at nice 15; csweep's local Ray runs them at the driver's priority, so on a shared
+    machine trials are not starved by every other process (RAY_ENV, BENCHMARKS.md issue 16)."""
+    code = (
+        "import os; from search.cluster import init_ray; ray = init_ray(num_cpus=1); "
+        "print('nice', os.nice(0), ray.get(ray.remote(lambda: os.nice(0)).remote())); ray.shutdown()"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_worker_niceness")}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    driver, worker = proc.stdout.split("nice", 1)[1].split()[:2]
+    assert worker == driver, proc.stdout

@@ -26,9 +26,9 @@ def test_amp_auto_is_bf16_on_cuda_and_off_on_cpu(amp, device, expected):
     assert precision(TrialSpec.from_settings("ce", {"amp": amp}).train, device) == expected
 
 
-@pytest.mark.parametrize(("fmt", "device", "expected"), [("auto", CPU, "contiguous"), ("auto", CUDA, "channels_last"),
-                                                          ("channels_last", CPU, "channels_last")])
-def test_memory_format_auto_is_channels_last_on_cuda(fmt, device, expected):
+@pytest.mark.parametrize(("fmt", "device", "expected"), [("auto", CPU, "channels_last"), ("auto", CUDA, "channels_last"),
+                                                          ("contiguous", CPU, "contiguous")])
+def test_memory_format_auto_is_channels_last(fmt, device, expected):
     assert memory_format(TrialSpec.from_settings("ce", {"memory_format": fmt}).train, device) == expected
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -36,6 +37,53 @@ def test_resume_from_epoch_checkpoint_equals_uninterrupted_run(method):
             assert ours.get(key) == theirs.get(key), (key, ours.get(key), theirs.get(key))
     for name, tensor in straight.state["model"].items():
         assert torch.equal(tensor, second.state["model"][name]), name
+
+
+class _SavingReporter(RecordingReporter):
+    """Keeps every checkpoint as written to disk (a ``torch.save`` round trip, so later epochs cannot alter it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.saved: dict[int, dict] = {}
+
+    def report(self, metrics, state):
+        super().report(metrics, state)
+        if state is not None:
+            buffer = io.BytesIO()
+            torch.save(state, buffer)
+            buffer.seek(0)
+            self.saved[metrics["epoch"]] = torch.load(buffer, weights_only=False)
+
+
+def test_checkpoint_every_keeps_the_due_epochs_and_resumes_exactly_from_the_last_kept():
+    """checkpoint_every=2 over 3 epochs writes epochs 2 and 3 (the last always), an early stop writes its epoch,
+    and a run resumed from epoch 2's checkpoint (under another checkpoint_every) replays epoch 3 exactly."""
+    data = load_dataset("digits")
+    spec = TrialSpec.from_settings("supcon", {**RESUME, "checkpoint_every": 2})
+    straight = _SavingReporter()
+    fit(spec, reporter=straight, data=data)
+    assert straight.checkpoint_epochs == [2, 3]
+    assert [m["epoch"] for m in straight.metrics] == [1, 2, 3]  # every epoch still reports its metrics
+
+    stopped = RecordingReporter()
+    fit(spec, reporter=stopped, data=data, stop_after_epoch=1)
+    assert stopped.checkpoint_epochs == [1]
+
+    resumed = RecordingReporter()
+    every_epoch = TrialSpec.from_settings("supcon", {**RESUME, "checkpoint_every": 1})
+    fit(every_epoch, reporter=resumed, data=data, resume_state=straight.saved[2])
+    assert [m["epoch"] for m in resumed.metrics] == [3] and resumed.checkpoint_epochs == [3]
+    for key in COMPARED:
+        assert resumed.metrics[0].get(key) == straight.metrics[-1].get(key), key
+    for name, tensor in straight.saved[3]["model"].items():
+        assert torch.equal(tensor, resumed.state["model"][name]), name
+
+
+def test_checkpoint_every_is_validated():
+    from trainables.config import ConfigError
+
+    with pytest.raises(ConfigError, match="checkpoint_every"):
+        TrialSpec.from_settings("supcon", {**RESUME, "checkpoint_every": 0})
 
 
 def test_resume_refuses_a_checkpoint_of_another_configuration():

@@ -117,7 +117,7 @@ class TrainConfig:
     warmup_epochs: float | Literal["auto"] = "auto"
     warmup_from: float = 0.01
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # autocast dtype; auto: bf16 on CUDA, off on CPU; fp16: GPU
-    memory_format: Literal["auto", "channels_last", "contiguous"] = "auto"  # auto: channels_last on CUDA
+    memory_format: Literal["auto", "channels_last", "contiguous"] = "auto"  # auto: channels_last (measured)
     compile: bool = False  # torch.compile the model (its warm-up steps are left out of epoch_time_s / images_per_s)
     grad_clip: float = 0.0  # max global gradient norm; 0 = off
     # reproducibility
@@ -140,6 +140,9 @@ class TrainConfig:
     seed_probe_lr: float | None = None  # None: the method's seed lr (SupCon 5, SimCLR 1, SelfCon 3, else 0.1)
     # compute
     num_threads: int = 0  # torch intra-op threads per worker; 0 = the CPUs the worker holds
+    #: write the resume checkpoint every this many epochs (always after the last epoch and an early stop); a resume
+    #: restarts from the last one written, exactly. 1 = every epoch (a crash loses at most one epoch)
+    checkpoint_every: int = 1
 
     def __post_init__(self) -> None:
         from trainables.data import DATASETS
@@ -176,6 +179,7 @@ class TrainConfig:
         if self.seed_probe_lr is not None:
             check_range("seed_probe_lr", self.seed_probe_lr, low=0.0, low_inclusive=False)
         check_range("num_threads", self.num_threads, low=0)
+        check_range("checkpoint_every", self.checkpoint_every, low=1)
         if self.image_size is not None:
             check_range("image_size", self.image_size, low=8)
         for name in ("mean", "std"):

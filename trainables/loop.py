@@ -47,7 +47,8 @@ from trainables.probe import (
 )
 from trainables.trial import TrialSpec
 
-__all__ = ["CHECKPOINT_VERSION", "RecordingReporter", "Reporter", "check_data", "evaluate_untrained", "fit", "load_data"]
+__all__ = ["CHECKPOINT_VERSION", "RecordingReporter", "Reporter", "check_data", "checkpoint_due", "evaluate_untrained",
+           "fit", "load_data"]
 
 #: 2: targets, queues and banks are ``MomentumTarget``/``nets.momentum`` modules and heads plain ``nn.Sequential``
 #: (model keys changed); the method state holds only what ``Method.load_state_dict`` restores (sigmoid: none).
@@ -149,11 +150,11 @@ def precision(train: TrainConfig, device: torch.device) -> str:
 
 
 def memory_format(train: TrainConfig, device: torch.device) -> str:
-    """The memory format ``memory_format`` resolves to: ``auto`` is channels_last on CUDA (tensor cores want NHWC),
-    contiguous on CPU."""
+    """The memory format ``memory_format`` resolves to: ``auto`` is channels_last on every device (tensor cores want
+    NHWC; on CPU oneDNN's NHWC convolutions measured 1.0-1.5x faster trial steps, BENCHMARKS.md, issue 16)."""
     if train.memory_format != "auto":
         return train.memory_format
-    return "channels_last" if device.type == "cuda" else "contiguous"
+    return "channels_last"
 
 
 def _peak_mem_mb(device: torch.device) -> float:
@@ -407,13 +408,21 @@ def fit(
         trained = _train_epoch(run, epoch)
         run.progress.epoch = epoch
         last = _epoch_report(run, epoch, trained)
+        stopping = stop_after_epoch is not None and epoch >= stop_after_epoch
         if reporter is not None:
+            keep = checkpoint_due(spec.train, epoch) or stopping
             state = (_state(spec, run.model, run.optimizer, run.scaler, run.method, run.progress)
-                     if distributed.rank() == 0 else None)
+                     if keep and distributed.rank() == 0 else None)
             reporter.report(last, state)
-        if stop_after_epoch is not None and epoch >= stop_after_epoch:
+        if stopping:
             break
     return last
+
+
+def checkpoint_due(train: TrainConfig, epoch: int) -> bool:
+    """Whether the report of ``epoch`` carries the resume checkpoint: every ``checkpoint_every`` epochs and after
+    the last epoch (so a finished trial always has its final state)."""
+    return epoch % train.checkpoint_every == 0 or epoch == train.epochs
 
 
 def evaluate_untrained(spec: TrialSpec, *, data: ImageData | None = None,
@@ -444,9 +453,11 @@ def _state(spec: TrialSpec, model: nn.Module, optimizer: torch.optim.Optimizer, 
 
 
 def changed_fields(saved: dict[str, Any], spec: TrialSpec) -> list[str]:
-    """Settings in which a checkpoint's flat spec differs from ``spec`` (``epochs`` may grow: it is not compared)."""
+    """Settings in which a checkpoint's flat spec differs from ``spec`` (``epochs`` may grow and ``checkpoint_every``
+    change: they are not compared)."""
     now = spec.flat()
-    return sorted(k for k in set(saved) | set(now) if k != "epochs" and saved.get(k) != now.get(k))
+    free = ("epochs", "checkpoint_every")
+    return sorted(k for k in set(saved) | set(now) if k not in free and saved.get(k) != now.get(k))
 
 
 def _restore(state: dict[str, Any], spec: TrialSpec, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -473,11 +484,13 @@ class RecordingReporter:
     def __init__(self) -> None:
         self.metrics: list[dict[str, Any]] = []
         self.state: dict[str, Any] | None = None
+        self.checkpoint_epochs: list[int] = []  # the epochs whose report carried a checkpoint
 
     def report(self, metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
         self.metrics.append(dict(metrics))
         if state is not None:
             self.state = state
+            self.checkpoint_epochs.append(metrics["epoch"])
 
 
 # -- the pieces a fused run (trainables.fused) shares with fit ---------------------------------------------------------
