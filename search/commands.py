@@ -283,7 +283,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     params = sorted(sampled_keys(rows) - {"method"})
     print(f"sweep {cfg.name} ({cfg.space}): {len(rows)} of {cfg.trials * cfg.repeats} trial(s)")
     print(format_table(rows, ["trial", "status", "method", *params, *RESULT_COLUMNS]))
+    _print_early_rank(path, cfg)
     return 0
+
+
+def _print_early_rank(path: str, cfg) -> None:
+    """The early-stopping trust section of ``csweep status`` (analysis/early_rank.py)."""
+    from analysis.tables import build_tables
+    from search.printing import early_rank_report
+
+    print()
+    print(early_rank_report(build_tables(path).early_rank, cfg))
 
 
 def cmd_spaces(args: argparse.Namespace) -> int:

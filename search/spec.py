@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,6 +181,11 @@ class SweepConfig:
     @property
     def epochs(self) -> int:
         return int(self.fixed.get("epochs", TrainConfig().epochs))
+
+    @property
+    def resolved_grace_period(self) -> int:
+        """ASHA's grace period in epochs: ``grace_period``, else 10 % of the epochs (at least 1, at most all)."""
+        return min(self.grace_period or max(1, math.ceil(0.1 * self.epochs)), self.epochs)
 
     @property
     def scheduler_objective(self) -> Objective:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 import os
 import re
 import tempfile
@@ -263,14 +262,13 @@ def _scheduler(cfg: SweepConfig):
         return HyperBandScheduler(
             time_attr="epoch", metric=obj.metric, mode=obj.mode, max_t=epochs, reduction_factor=cfg.reduction_factor
         )
-    grace = cfg.grace_period or max(1, math.ceil(0.1 * epochs))
     # time_attr="epoch": reported by the workers, so it stays right after a trial is retried from a checkpoint
     return ASHAScheduler(
         time_attr="epoch",
         metric=obj.metric,
         mode=obj.mode,
         max_t=epochs,
-        grace_period=min(grace, epochs),
+        grace_period=cfg.resolved_grace_period,
         reduction_factor=cfg.reduction_factor,
     )
 
