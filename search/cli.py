@@ -162,6 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--study-storage", default=None, help="Optuna storage URL (default sqlite in the experiment directory)"
     )
     run.add_argument("--max-failures", type=int, default=1, help="Tune retries of a failed trial")
+    run.add_argument("--warm-start", action="append", default=[], metavar="PATH_OR_SWEEP",
+                     help="seed the study from earlier sweeps (a name, an experiment path, or a `csweep tables` "
+                          "output directory; repeatable): without --top every completed trial is added with its "
+                          "value (no budget spent); only parameters both spaces sample are carried over")
+    run.add_argument("--top", type=int, default=None, metavar="K",
+                     help="with --warm-start: enqueue the K best earlier configurations as the first trials instead")
 
     resume = sub.add_parser(
         "resume",

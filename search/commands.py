@@ -207,6 +207,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if local is not None:
         local = ClusterResources(({**local.nodes[0], "trial_driver": local.nodes[0]["CPU"]},))
     validate_sweep(cfg, cluster=local)
+    warm = _warm_start(args, cfg, space)
     concurrency = cfg.concurrency or (capacity(cfg, local) if local else None)
     init_ray(args.address, driver_slots=concurrency)
     if args.address:
@@ -216,6 +217,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         check_feasible(cfg.resources, cluster)
         concurrency = concurrency or max(1, capacity(cfg, cluster))
     write_sweep_file(cfg)
+    if warm is not None:
+        _seed_study(cfg, *warm)
     print(
         f"csweep: sweep {name}: {cfg.trials} x {cfg.repeats} trial(s) of space {cfg.space}, {concurrency} at a "
         f"time, {cfg.workers} worker(s) of {cfg.cpus_per_worker:g} thread(s) each ({cfg.resolved_executor} executor); "
@@ -223,6 +226,56 @@ def cmd_run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return _fit_and_report(cfg, lambda callbacks: build_tuner(cfg, concurrency=concurrency, callbacks=callbacks))
+
+
+def _warm_start_trials(source: str, storage: str | None):
+    """The earlier trials a warm start reads: a tables directory written by ``csweep tables`` (or its ``trials``
+    table, or one Parquet file), else a sweep name or experiment path whose tables are built on the spot."""
+    import pandas as pd
+
+    path = Path(source).expanduser()
+    if path.is_dir() and (path / "trials").is_dir():
+        path = path / "trials"
+    if path.suffix == ".parquet" or (path.is_dir() and any(path.rglob("*.parquet"))):
+        return pd.read_parquet(path)
+    from analysis.tables import build_tables
+
+    return build_tables(_sweep_paths([source], storage)[0]).trials
+
+
+def _warm_start(args: argparse.Namespace, cfg, space):
+    """``--warm-start`` / ``--top``: the earlier configurations to seed the study with, checked before Ray starts;
+    None without ``--warm-start``."""
+    import pandas as pd
+
+    from search.warm_start import space_distributions, warm_start_points
+
+    top = getattr(args, "top", None)
+    sources = getattr(args, "warm_start", None) or []
+    if not sources:
+        if top is not None:
+            raise UsageError("`top` needs --warm-start PATH_OR_SWEEP (the sweeps whose best configurations to run)")
+        return None
+    if top is not None and not 1 <= top <= cfg.trials:
+        raise UsageError(f"`1 <= top <= trials` must hold, but got top={top}, trials={cfg.trials}")
+    earlier = pd.concat([_warm_start_trials(s, args.storage_path) for s in sources], ignore_index=True)
+    distributions, methods = space_distributions(space, cfg.fixed, seed=cfg.seed)
+    source = ", ".join(sources)
+    points = warm_start_points(earlier, distributions=distributions, methods=methods, source=source,
+                               objective=[(o.metric, o.mode) for o in cfg.objective])
+    return points, distributions, top, source
+
+
+def _seed_study(cfg, points, distributions, top, source) -> None:
+    import optuna
+
+    from search.warm_start import seed_study
+
+    study = optuna.create_study(storage=cfg.study_url, study_name=cfg.name, load_if_exists=True,
+                                directions=["maximize" if o.mode == "max" else "minimize" for o in cfg.objective])
+    n = seed_study(study, points, distributions, top=top, source=source)
+    what = f"the {n} best configuration(s) enqueued" if top is not None else f"{n} finished trial(s) added"
+    print(f"csweep: warm start from {source}: {what}", file=sys.stderr)
 
 
 def _fit_and_report(cfg, make_tuner) -> int:

@@ -152,6 +152,7 @@ def test_quickstart_sweep_matches_study_stops_early_and_logs_tensorboard(tmp_pat
     assert all(list(t["dir"].glob("events.out.tfevents*")) for t in trials), "TensorBoard files missing"
     status = run_cli("status", "qs", "--storage-path", str(tmp_path))
     assert status.returncode == 0 and status.stdout.count("\n") >= 7, status.stderr
+    assert "early stopping trust: knn_top1 at each epoch vs final knn_top1" in status.stdout, status.stdout
     for text in (proc.stdout, status.stdout):  # one status vocabulary (search.spec), as in trials.parquet
         assert " completed " in text and " stopped " in text, text
 
