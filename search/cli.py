@@ -147,7 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="train: Ray Train per trial; inline: loop in the Tune actor (1 worker); auto: inline for 1-worker trials",
     )
-    run.add_argument("--scheduler", default="asha", help=f"one of {', '.join(SCHEDULERS)} (default asha)")
+    run.add_argument("--scheduler", default="asha",
+                     help=f"one of {', '.join(SCHEDULERS)} (default asha). pbt/pb2: Ray Tune's population-based "
+                          "training: the sampler draws only the first population; PBT (random perturbation) or PB2 "
+                          "(a GP bandit; needs GPy), not Optuna, then changes the space's PERTURBABLE settings "
+                          "(lr, temperature, ...) mid-run, cloning better trials' checkpoints")
+    run.add_argument("--perturbation-interval", type=int, default=None,
+                     help="pbt/pb2: epochs between two exploit/explore steps (default 10%% of the epochs)")
     run.add_argument("--grace-period", type=int, default=None, help="ASHA grace period in epochs (default 10%%)")
     run.add_argument("--reduction-factor", type=float, default=3.0, help="ASHA/HyperBand reduction factor")
     run.add_argument("--sampler", default="tpe", help=f"one of {', '.join(SAMPLERS)} (default tpe)")

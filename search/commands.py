@@ -197,6 +197,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         seed=args.seed,
         study_storage=args.study_storage,
         max_failures=args.max_failures,
+        perturbation_interval=args.perturbation_interval,
     )
     if cfg.is_local_storage and (Path(cfg.experiment_path) / SWEEP_FILE).exists():
         raise UsageError(
@@ -256,6 +257,8 @@ def _warm_start(args: argparse.Namespace, cfg, space):
         if top is not None:
             raise UsageError("`top` needs --warm-start PATH_OR_SWEEP (the sweeps whose best configurations to run)")
         return None
+    if cfg.scheduler in ("pbt", "pb2"):
+        raise UsageError(f"`warm_start` seeds the Optuna study, which --scheduler {cfg.scheduler} does not use")
     if top is not None and not 1 <= top <= cfg.trials:
         raise UsageError(f"`1 <= top <= trials` must hold, but got top={top}, trials={cfg.trials}")
     earlier = pd.concat([_warm_start_trials(s, args.storage_path) for s in sources], ignore_index=True)

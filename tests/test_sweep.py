@@ -70,7 +70,7 @@ def test_fixed_settings_are_not_sampled():
     [
         (["nope"], "`space` must be one of"),
         (["supcon", "--sampler", "annealing"], "`sampler` must be one of tpe, random, cmaes, gp, nsga2"),
-        (["supcon", "--scheduler", "pbt"], "`scheduler` must be one of asha, hyperband, fifo"),
+        (["supcon", "--scheduler", "median"], "`scheduler` must be one of asha, hyperband, fifo, pbt, pb2"),
         (["supcon", "--set", "tau=1"], "unknown setting `tau`"),
         (["supcon", "--objective", "accuracy"], "`objective` metric 'accuracy' is not reported"),
         (["supcon", "--study-storage", "notadb://x"], "`study_storage`"),

@@ -1,0 +1,40 @@
+"""Population-based training (``--scheduler pbt|pb2``): the schedule of settings a trial's weights were trained with.
+
+A PBT trial reports its perturbable settings (``lr``, ``temperature``, ...) with every epoch, so they are columns of
+epochs.parquet; when it takes over another trial's checkpoint, its first report after that carries ``cloned_from``
+(the donor's trial id). The weights a trial ends with were therefore trained by the donor's epochs up to the clone,
+then by its own: :func:`settings_history` follows that lineage back to epoch 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+
+__all__ = ["settings_history"]
+
+
+def settings_history(epochs: pd.DataFrame, trial_id: str, settings: Sequence[str]) -> pd.DataFrame:
+    """One row per epoch 1..E of the lineage of ``trial_id``'s final weights: ``epoch``, the ``settings`` in effect
+    and ``trial`` (whose run trained that epoch). Rows are read in report order; a donor's part is its history up
+    to its last report of the epoch it was cloned at."""
+    rows: dict[int, dict] = {}
+    tid, upto = trial_id, None
+    seen = set()
+    while tid is not None and tid not in seen:
+        seen.add(tid)
+        own = epochs[epochs["trial_id"].astype(str) == tid].reset_index(drop=True)
+        if upto is not None:
+            last = own.index[own["epoch"] == upto]
+            own = own.iloc[: last.max() + 1] if len(last) else own.iloc[:0]
+        clones = own.index[own["cloned_from"].notna()] if "cloned_from" in own else []
+        start = clones.max() if len(clones) else 0
+        for r in own.iloc[start:].itertuples():
+            rows.setdefault(int(r.epoch), {"epoch": int(r.epoch), **{k: getattr(r, k) for k in settings},
+                                           "trial": tid})
+        if len(clones):
+            tid, upto = str(own.loc[start, "cloned_from"]), int(own.loc[start, "epoch"]) - 1
+        else:
+            tid = None
+    return pd.DataFrame([rows[e] for e in sorted(rows)], columns=["epoch", *settings, "trial"])
