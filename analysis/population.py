@@ -12,7 +12,9 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-__all__ = ["settings_history"]
+from trainables.config import yaml_flow
+
+__all__ = ["replay_args", "settings_history"]
 
 
 def settings_history(epochs: pd.DataFrame, trial_id: str, settings: Sequence[str]) -> pd.DataFrame:
@@ -38,3 +40,24 @@ def settings_history(epochs: pd.DataFrame, trial_id: str, settings: Sequence[str
         else:
             tid = None
     return pd.DataFrame([rows[e] for e in sorted(rows)], columns=["epoch", *settings, "trial"])
+
+
+def replay_args(epochs: pd.DataFrame, trial_id: str, settings: Sequence[str]) -> list[str]:
+    """``csweep train`` arguments that replay the lineage of ``trial_id``: ``--set`` for the epoch-1 values of
+    ``settings``, then one ``--schedule EPOCH:KEY=VALUE,...`` per later change (add the trial's other settings)."""
+    rows = settings_history(epochs, trial_id, settings).to_dict("records")
+    if not rows:
+        return []
+
+    def text(v):
+        return yaml_flow(v.item() if hasattr(v, "item") else v)
+
+    args, previous = [], {k: rows[0][k] for k in settings}
+    for k, v in previous.items():
+        args += ["--set", f"{k}={text(v)}"]
+    for r in rows[1:]:
+        change = {k: r[k] for k in settings if r[k] != previous[k]}
+        if change:
+            args += ["--schedule", f"{int(r['epoch'])}:" + ",".join(f"{k}={text(v)}" for k, v in change.items())]
+            previous.update(change)
+    return args

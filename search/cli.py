@@ -117,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--name", default=None, help="run name; an existing run of that name resumes")
     train.add_argument("--max-failures", type=int, default=0, help="worker failures to recover from a checkpoint")
     train.add_argument("--json", action="store_true", help="print the final metrics as JSON on the last line")
+    train.add_argument("--schedule", action="append", default=[], metavar="EPOCH:KEY=VALUE[,KEY=VALUE]",
+                       help="change settings from that epoch on (repeatable), as PBT did: the run continues from its "
+                            "exact checkpoint of the epoch before with the new values (one worker); "
+                            "analysis.population.replay_args(...) writes them for a PBT trial")
 
     from search.spec import EXECUTORS, SAMPLERS, SCHEDULERS
 

@@ -71,7 +71,18 @@ def _storage_path(raw: str | None) -> str:
     return raw if "://" in raw else str(Path(raw).expanduser().resolve())
 
 
-def _check_resumable(spec, run_dir: Path) -> None:
+def _train_schedule(args: argparse.Namespace, spec, resources) -> dict:
+    """``--schedule EPOCH:KEY=VALUE[,...]`` of ``csweep train``, every stretch validated (search/replay.py)."""
+    from search.replay import parse_schedule, segments
+
+    schedule = parse_schedule(getattr(args, "schedule", None) or [])
+    if schedule and resources.workers != 1:
+        raise UsageError(f"`schedule` replays settings changes with one worker, but got workers={resources.workers}")
+    segments(spec, schedule)
+    return schedule
+
+
+def _check_resumable(spec, run_dir: Path, *, scheduled: set[str] = frozenset()) -> None:
     """An existing run of that name resumes from its newest checkpoint: refuse, before Ray starts, a configuration
     that differs from the one that wrote it (its checkpoints are left untouched)."""
     from search.driver import read_checkpoint
@@ -87,7 +98,7 @@ def _check_resumable(spec, run_dir: Path) -> None:
         raise UsageError(f"`name`: run {run_dir.name!r} has a checkpoint that cannot be read ({checkpoints[-1]}: "
                          f"{reason}); it was left as is: remove it to resume from the one before, or pick another "
                          "--name") from e
-    changed = changed_fields(saved, spec)
+    changed = [k for k in changed_fields(saved, spec) if k not in scheduled]  # a --schedule changes those
     if changed:
         raise UsageError(f"`name`: run {run_dir.name!r} exists with other values of {', '.join(changed)}; "
                          "rerun with the same settings to resume it, or pick another --name")
@@ -124,13 +135,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         check_feasible(resources, ClusterResources.local(num_gpus=torch.cuda.device_count()))
     if args.max_failures < 0:
         raise ConfigError(f"`max_failures` must be >= 0, but got max_failures={args.max_failures}")
+    schedule = _train_schedule(args, spec, resources)
 
     from search.cluster import init_ray
     from search.driver import build_trainer, fit_with_progress
 
     name = args.name or f"train-{spec.method}-{spec.train.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage = _storage_path(args.storage_path)
-    _check_resumable(spec, Path(storage) / name)
+    _check_resumable(spec, Path(storage) / name, scheduled={k for c in schedule.values() for k in c})
     init_ray(args.address)
     if args.address:
         check_feasible(resources, ClusterResources.from_ray())
@@ -141,7 +153,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     result = fit_with_progress(
         lambda callbacks: build_trainer(
-            spec, resources, name=name, storage_path=storage, max_failures=args.max_failures, callbacks=callbacks
+            spec, resources, name=name, storage_path=storage, max_failures=args.max_failures, callbacks=callbacks,
+            schedule=schedule,
         ),
         printer=lambda line: print(line, file=sys.stderr, flush=True),
     )

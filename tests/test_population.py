@@ -119,3 +119,58 @@ def test_pbt_sweep_perturbs_settings_records_them_per_epoch_and_resumes_after_a_
         history = settings_history(epochs, tid, ["lr", "temperature"])
         assert history["epoch"].tolist() == list(range(1, 7)), (tid, history)
         assert history[["lr", "temperature"]].notna().all().all()
+
+
+def test_schedule_arguments_are_parsed_and_checked():
+    from search.replay import parse_schedule, segments
+    from trainables.trial import TrialSpec
+
+    assert parse_schedule(["3:lr=0.08,temperature=0.2", "2:lr=1e-2"]) == {2: {"lr": 0.01},
+                                                                          3: {"lr": 0.08, "temperature": 0.2}}
+    for bad in ("lr=0.1", "x:lr=0.1", "3:"):
+        with pytest.raises(ConfigError, match="`schedule` entries look like"):
+            parse_schedule([bad])
+    spec = TrialSpec.from_settings("supcon", {"epochs": 4, "lr": 0.1})
+    stretches = segments(spec, {3: {"lr": 0.2}})
+    assert [(a, b, s.train.lr) for a, b, s in stretches] == [(1, 2, 0.1), (3, 4, 0.2)]
+    with pytest.raises(ConfigError, match=r"`schedule` epochs must lie in 2..epochs=4"):
+        segments(spec, {5: {"lr": 0.2}})
+    with pytest.raises(ConfigError, match="temperature"):
+        segments(spec, {2: {"temperature": -1.0}})
+
+
+def test_replay_args_from_a_lineage():
+    from analysis.population import replay_args
+
+    rows = [("a", 1, 0.1, 0.2, None), ("a", 2, 0.1, 0.2, None), ("b", 1, 0.5, 0.2, None),
+            ("b", 3, 0.12, 0.2, "a"), ("b", 4, 0.144, 0.16, None)]
+    epochs = pd.DataFrame(rows, columns=["trial_id", "epoch", "lr", "temperature", "cloned_from"])
+    assert replay_args(epochs, "b", ["lr", "temperature"]) == [
+        "--set", "lr=0.1", "--set", "temperature=0.2", "--schedule", "3:lr=0.12",
+        "--schedule", "4:lr=0.144,temperature=0.16"]
+
+
+@pytest.mark.slow
+def test_replayed_schedule_matches_the_plain_run_before_its_change_and_applies_it_after():
+    from conftest import TINY
+
+    from search.replay import fit_schedule
+    from trainables.data import load_dataset
+    from trainables.loop import RecordingReporter, fit
+    from trainables.trial import TrialSpec
+
+    data = load_dataset("digits")
+    settings = {**TINY, "width": 0.125, "epochs": 3, "deterministic": True, "num_threads": 1, "probe_epochs": 5,
+                "lr": 0.05}
+    spec = TrialSpec.from_settings("supcon", settings)
+    plain, replayed = RecordingReporter(), RecordingReporter()
+    fit(spec, reporter=plain, data=data)
+    final = fit_schedule(spec, {3: {"lr": 0.2, "temperature": 0.3}}, reporter=replayed, data=data)
+    assert [m["epoch"] for m in replayed.metrics] == [1, 2, 3] and "linear_top1" in final
+    for ours, theirs in zip(replayed.metrics[:2], plain.metrics[:2]):  # stopping and continuing changes nothing
+        assert ours["train_loss"] == theirs["train_loss"] and ours["knn_top1"] == theirs["knn_top1"]
+        assert ours["lr"] == 0.05 and ours["temperature"] == 0.1
+    third = replayed.metrics[2]
+    assert third["lr"] == 0.2 and third["temperature"] == 0.3
+    assert third["current_lr"] != plain.metrics[2]["current_lr"]
+    assert replayed.state["spec"]["lr"] == 0.2 and replayed.state["spec"]["temperature"] == 0.3
