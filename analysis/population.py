@@ -3,11 +3,14 @@
 A PBT trial reports its perturbable settings (``lr``, ``temperature``, ...) with every epoch, so they are columns of
 epochs.parquet; when it takes over another trial's checkpoint, its first report after that carries ``cloned_from``
 (the donor's trial id). The weights a trial ends with were therefore trained by the donor's epochs up to the clone,
-then by its own: :func:`settings_history` follows that lineage back to epoch 1.
+then by its own: :func:`settings_history` follows that lineage back to epoch 1. The lineage also travels inside
+every checkpoint and the last epoch reports it whole (``lineage``, JSON), since the result rows of a trial that was
+resumed after a driver kill may lack its epochs before the kill (measured).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import pandas as pd
@@ -19,8 +22,14 @@ __all__ = ["replay_args", "settings_history"]
 
 def settings_history(epochs: pd.DataFrame, trial_id: str, settings: Sequence[str]) -> pd.DataFrame:
     """One row per epoch 1..E of the lineage of ``trial_id``'s final weights: ``epoch``, the ``settings`` in effect
-    and ``trial`` (whose run trained that epoch). Rows are read in report order; a donor's part is its history up
-    to its last report of the epoch it was cloned at."""
+    and ``trial`` (whose run trained that epoch). From the ``lineage`` its last epoch reported (the history that
+    travelled with the weights through every clone and resume) when there is one; else rebuilt from the rows, in
+    report order, a donor's part being its history up to its last report of the epoch it was cloned at."""
+    own = epochs[epochs["trial_id"].astype(str) == trial_id]
+    if "lineage" in own and own["lineage"].notna().any():
+        entries = json.loads(str(own["lineage"].dropna().iloc[-1]))
+        return pd.DataFrame([{"epoch": int(e["epoch"]), **{k: e.get(k) for k in settings}, "trial": e["trial"]}
+                             for e in entries], columns=["epoch", *settings, "trial"])
     rows: dict[int, dict] = {}
     tid, upto = trial_id, None
     seen = set()

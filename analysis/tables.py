@@ -240,7 +240,7 @@ def build_tables(path: str | os.PathLike) -> SweepTables:
                     "method": method,
                     **{k: v for k, v in r.items() if k not in TUNE_KEYS and is_number(v)},
                     "time_total_s": r.get("time_total_s"),
-                    **({"cloned_from": r["cloned_from"]} if "cloned_from" in r else {}),  # PBT lineage
+                    **{k: r[k] for k in ("cloned_from", "lineage") if k in r},  # PBT (analysis/population.py)
                 }
             )
 

@@ -50,10 +50,11 @@ class TuneReporter:
     form each trial's settings history in epochs.parquet)."""
 
     def __init__(self, settings: Mapping[str, Any] | None = None, *, trial_id: str | None = None,
-                 cloned_from: str | None = None) -> None:
+                 cloned_from: str | None = None, history: list[dict] | None = None) -> None:
         self.settings = dict(settings or {})
         self.trial_id = trial_id  # stamped into each checkpoint, so a PBT clone knows whose weights it took
         self.cloned_from = cloned_from  # reported once, with the first epoch after the clone
+        self.history = list(history or [])  # (epoch, trial, settings) of the weights' lineage, from the checkpoint
 
     def report(self, metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
         import torch
@@ -64,8 +65,15 @@ class TuneReporter:
         metrics = {**metrics, **worker_facts(), **self.settings}
         if self.cloned_from is not None:
             metrics["cloned_from"], self.cloned_from = self.cloned_from, None
-        if state is not None and self.trial_id is not None:
-            state = {**state, "csweep_trial": self.trial_id}
+        if self.trial_id is not None:
+            # the lineage travels with the weights (a resumed or cloned trial's earlier result rows may be gone);
+            # the last epoch reports all of it as JSON (`lineage` in epochs.parquet)
+            entry = {"epoch": int(metrics["epoch"]), "trial": self.trial_id, **self.settings}
+            self.history = [h for h in self.history if h["epoch"] < entry["epoch"]] + [entry]
+            if metrics.get("finished"):
+                metrics["lineage"] = json.dumps(self.history)
+            if state is not None:
+                state = {**state, "csweep_trial": self.trial_id, "csweep_history": self.history}
         if state is None:
             tune.report(metrics)
             return
@@ -105,7 +113,8 @@ def trial_driver(config: dict[str, Any], sweep: dict[str, Any]) -> None:
                 state["spec"] = {**state["spec"], **{k: v for k, v in spec.flat().items() if k in perturbed}}
             donor = state.get("csweep_trial") if state is not None else None
             reporter = TuneReporter({k: config[k] for k in perturbed if k in config}, trial_id=trial_id,
-                                    cloned_from=donor if donor not in (None, trial_id) else None)
+                                    cloned_from=donor if donor not in (None, trial_id) else None,
+                                    history=state.get("csweep_history") if state is not None else None)
         fit(spec, reporter=reporter, resume_state=state)
         return
     from ray.tune.integration.ray_train import TuneReportCallback

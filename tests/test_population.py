@@ -81,6 +81,11 @@ def test_settings_history_follows_the_clone_lineage():
     assert history["lr"].tolist() == [0.1, 0.1, 0.12, 0.144]
     assert history["trial"].tolist() == ["a", "a", "b", "c"]
     assert settings_history(epochs, "a", ["lr"])["trial"].tolist() == ["a"] * 4
+    # the lineage the last epoch reports wins over rows that a resume may have lost
+    lineage = '[{"epoch": 1, "trial": "a", "lr": 0.1}, {"epoch": 2, "trial": "c", "lr": 0.3}]'
+    epochs["lineage"] = [None] * 9 + [lineage]
+    assert settings_history(epochs, "c", ["lr"]).to_dict("list") == {"epoch": [1, 2], "lr": [0.1, 0.3],
+                                                                     "trial": ["a", "c"]}
 
 
 @pytest.mark.slow
@@ -111,14 +116,22 @@ def test_pbt_sweep_perturbs_settings_records_them_per_epoch_and_resumes_after_a_
     tables = build_tables(tmp_path / "pbt")
     assert len(tables.trials) == 4 and (tables.trials["status"].astype(str) == "completed").all()
     epochs = tables.epochs
-    assert {"lr", "temperature", "cloned_from"} <= set(epochs.columns)
+    assert {"lr", "temperature", "cloned_from", "lineage"} <= set(epochs.columns)
     assert epochs["cloned_from"].notna().any()
-    per_trial = epochs.groupby("trial_id")[["lr", "temperature"]].nunique()
-    assert (per_trial.max(axis=1) > 1).any(), "no trial's settings changed mid-run"
+    changed = 0
     for tid in tables.trials["trial_id"]:
         history = settings_history(epochs, tid, ["lr", "temperature"])
         assert history["epoch"].tolist() == list(range(1, 7)), (tid, history)
         assert history[["lr", "temperature"]].notna().all().all()
+        rows = epochs[epochs["trial_id"] == tid].set_index("epoch")  # the rows it reported agree with its lineage
+        for r in history[history["trial"] == tid].itertuples():
+            if r.epoch in rows.index:
+                assert rows.loc[[r.epoch], "lr"].iloc[-1] == pytest.approx(r.lr)
+        changed += history[["lr", "temperature"]].nunique().max() > 1
+    assert changed, "no trial's weights were trained with settings that changed mid-run"
+    last = tables.trials.set_index("trial_id")
+    assert all(last.loc[t, "lr"] == pytest.approx(settings_history(epochs, t, ["lr"])["lr"].iloc[-1])
+               for t in last.index if pd.notna(last.loc[t, "lr"]))
 
 
 def test_schedule_arguments_are_parsed_and_checked():
