@@ -26,7 +26,7 @@ from search.printing import (
     status_of,
     train_summary,
 )
-from search.spec import COMPLETED, SWEEP_FILE
+from search.spec import COMPLETED, POPULATION_SCHEDULERS, SWEEP_FILE
 from trainables.config import ConfigError, parse_overrides
 
 __all__ = [
@@ -250,6 +250,8 @@ def _warm_start_trials(source: str, storage: str | None):
     path = Path(source).expanduser()
     if path.is_dir() and (path / "trials").is_dir():
         path = path / "trials"
+    if path.suffix == ".parquet" and not path.exists():
+        raise UsageError(f"`warm_start`: no Parquet file at {str(path)!r}")
     if path.suffix == ".parquet" or (path.is_dir() and any(path.rglob("*.parquet"))):
         return pd.read_parquet(path)
     from analysis.tables import build_tables
@@ -270,7 +272,7 @@ def _warm_start(args: argparse.Namespace, cfg, space):
         if top is not None:
             raise UsageError("`top` needs --warm-start PATH_OR_SWEEP (the sweeps whose best configurations to run)")
         return None
-    if cfg.scheduler in ("pbt", "pb2"):
+    if cfg.scheduler in POPULATION_SCHEDULERS:
         raise UsageError(f"`warm_start` seeds the Optuna study, which --scheduler {cfg.scheduler} does not use")
     if top is not None and not 1 <= top <= cfg.trials:
         raise UsageError(f"`1 <= top <= trials` must hold, but got top={top}, trials={cfg.trials}")
