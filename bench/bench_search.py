@@ -13,7 +13,8 @@ only: a stopped trial has no final score). From each sweep's tables (trials.parq
 Each sweep is a `csweep run` subprocess (its own local Ray). Run it under the Ray lock on a shared machine:
 
     flock /tmp/csweep-ray.lock .venv/bin/python bench/bench_search.py [--space quickstart] [--seeds 3]
-        [--budget-trials 12] [--asha-factor 3] [--epochs 10] [--set method=supcon] [--out DIR]
+        [--budget-trials 12] [--asha-factor 3] [--epochs 10] [--grace-period G] [--set method=supcon] [--out DIR]
+        [--strategies tpe+asha --target RANDOM_BEST]   (one strategy against an earlier run's random best)
 """
 
 from __future__ import annotations
@@ -87,20 +88,28 @@ def main() -> None:
     p.add_argument("--objective", default="knn_top1", help="per-epoch metric ASHA ranks on and the final score")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", default=None, help="keep the sweeps here (default: a temporary directory)")
+    p.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated subset to run")
+    p.add_argument("--target", type=float, default=None,
+                   help="random search's final best from an earlier run (needed when random is not run)")
     a = p.parse_args()
+    strategies = [x for x in a.strategies.split(",") if x]
+    unknown = [x for x in strategies if x not in STRATEGIES]
+    if unknown or ("random" not in strategies and a.target is None):
+        p.error(f"--strategies must be among {', '.join(STRATEGIES)} and include random unless --target is given")
 
     budget = float(a.budget_trials * a.epochs)
     with tempfile.TemporaryDirectory() as tmp:
         storage = Path(a.out or tmp).resolve()
-        curves: dict[str, list] = {s: [] for s in STRATEGIES}
+        curves: dict[str, list] = {s: [] for s in strategies}
         t0 = time.perf_counter()
         for seed in range(a.seeds):
-            for strategy in STRATEGIES:
+            for strategy in strategies:
                 curves[strategy].append(curve(storage, run_sweep(strategy, seed, a, storage), a.objective))
         wall = time.perf_counter() - t0
 
     grid = [budget * k / 10 for k in range(1, 11)]
-    target = float(np.nanmean([best_at(s, b, budget) for s, b in curves["random"]]))
+    target = a.target if a.target is not None else float(np.nanmean([best_at(s, b, budget)
+                                                                      for s, b in curves["random"]]))
     print(f"command: {' '.join(['bench/bench_search.py', *sys.argv[1:]])}  ({wall / 60:.1f} min)")
     print(f"budget {budget:g} epochs per run; score: final {a.objective} of completed trials; "
           f"random's final best (mean over {a.seeds} seeds): {target:.4f}\n")
