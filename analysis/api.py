@@ -24,6 +24,7 @@ class Tables:
     leaderboard: pd.DataFrame
     importances: pd.DataFrame
     pareto: pd.DataFrame
+    early_rank: pd.DataFrame  # per epoch: rung metric vs final objective (analysis/early_rank.py)
 
 
 def _read(directory: Path) -> pd.DataFrame:
@@ -37,7 +38,8 @@ def load(out: str | os.PathLike) -> Tables:
     out = Path(out)
     if not out.is_dir():
         raise FileNotFoundError(f"no tables directory at {out}; run `csweep tables NAME --out {out}` first")
-    return Tables(**{name: _read(out / name) for name in ("trials", "epochs", "leaderboard", "importances", "pareto")})
+    return Tables(**{name: _read(out / name) for name in ("trials", "epochs", "leaderboard", "importances", "pareto",
+                                                                  "early_rank")})
 
 
 def ablation(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-__all__ = ["EPOCH_COLUMNS", "LEADERBOARD_COLUMNS", "TRIAL_COLUMNS", "markdown"]
+__all__ = ["EARLY_RANK_COLUMNS", "EPOCH_COLUMNS", "LEADERBOARD_COLUMNS", "TRIAL_COLUMNS", "markdown"]
 
 DICT = pa.dictionary(pa.int32(), pa.string())
 TS = pa.timestamp("ms", tz="UTC")  # Parquet has no second unit
@@ -91,6 +91,19 @@ LEADERBOARD_COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("device_hours", pa.float64(), "sum of device_s over the method's trials / 3600"),
 ]
 
+#: early_rank.parquet: one row per epoch (analysis/early_rank.py): can the rung metric at that epoch stand in for the
+#: final objective when ASHA ranks trials?
+EARLY_RANK_COLUMNS: list[tuple[str, pa.DataType, str]] = [
+    ("epoch", pa.int64(), "epoch (1-based) at which the rung metric is read"),
+    ("rung_metric", pa.string(), "the scheduler's per-epoch metric (knn_top1 by default)"),
+    ("rung_mode", pa.string(), "max or min"),
+    ("objective", pa.string(), "the sweep's first objective, read from trials.parquet (final value)"),
+    ("objective_mode", pa.string(), "max or min"),
+    ("n_trials", pa.int64(), "completed trials with both values at this epoch"),
+    ("spearman", pa.float64(), "Spearman rank correlation, both sides oriented larger-is-better (null if n < 3)"),
+    ("kendall", pa.float64(), "Kendall tau-b, oriented the same way (null if n < 3)"),
+]
+
 
 def markdown() -> str:
     """The schema as Markdown tables (for the docs)."""
@@ -99,6 +112,7 @@ def markdown() -> str:
         ("trials.parquet", TRIAL_COLUMNS),
         ("epochs.parquet", EPOCH_COLUMNS),
         ("leaderboard.parquet", LEADERBOARD_COLUMNS),
+        ("early_rank.parquet", EARLY_RANK_COLUMNS),
     ):
         out += [f"#### {title}", "", "| column | type | meaning |", "| --- | --- | --- |"]
         out += [f"| `{n}` | {t} | {m} |" for n, t, m in cols]

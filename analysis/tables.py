@@ -10,6 +10,7 @@ on finished, running and crashed sweeps alike, because every piece it reads is w
     out/leaderboard/sweep=NAME/part-0.parquet
     out/importances/sweep=NAME/part-0.parquet   (Optuna parameter importances per method)
     out/pareto/sweep=NAME/part-0.parquet        (multi-objective sweeps: the study's Pareto front)
+    out/early_rank/sweep=NAME/part-0.parquet    (per epoch: does the rung metric rank trials as the final objective?)
 
 Reading Tune's files lives in :mod:`analysis.tune_files`, column types and Parquet writing in
 :mod:`analysis.columns`. Every file is written to a temporary name and renamed into place, so a reader never sees
@@ -31,15 +32,21 @@ import numpy as np
 import pandas as pd
 
 from analysis.columns import is_number, setting_types, typed_frame, write_parquet
-from analysis.schema import EPOCH_COLUMNS, LEADERBOARD_COLUMNS, TRIAL_COLUMNS
+from analysis.early_rank import early_rank
+from analysis.schema import EARLY_RANK_COLUMNS, EPOCH_COLUMNS, LEADERBOARD_COLUMNS, TRIAL_COLUMNS
 from analysis.tune_files import TrialFiles, read_trials
 from search.spec import ABANDONED, COMPLETED, DIVERGED, ERRORED, RUNNING, STOPPED, read_sweep_file
 from trainables.config import yaml_flow
 
 __all__ = ["SweepTables", "build_tables", "sweep_status", "write_tables"]
 
-TABLES = ("trials", "epochs", "leaderboard", "importances", "pareto")
-SCHEMAS = {"trials": TRIAL_COLUMNS, "epochs": EPOCH_COLUMNS, "leaderboard": LEADERBOARD_COLUMNS}
+TABLES = ("trials", "epochs", "leaderboard", "importances", "pareto", "early_rank")
+SCHEMAS = {
+    "trials": TRIAL_COLUMNS,
+    "epochs": EPOCH_COLUMNS,
+    "leaderboard": LEADERBOARD_COLUMNS,
+    "early_rank": EARLY_RANK_COLUMNS,
+}
 #: Keys Tune adds to every result; not metrics of ours.
 TUNE_KEYS = {
     "timestamp",
@@ -87,6 +94,8 @@ class SweepTables:
     #: the sweep's fixed settings (``--set`` and the space's) and its objectives as (metric, mode)
     fixed: dict[str, Any] = field(default_factory=dict)
     objective: list[tuple[str, str]] = field(default_factory=list)
+    #: per epoch, Spearman/Kendall of the rung metric against the final objective (analysis/early_rank.py)
+    early_rank: pd.DataFrame = field(default_factory=lambda: pd.DataFrame())
 
 
 def _spec_settings(fixed: Mapping[str, Any], config: Mapping[str, Any]) -> tuple[str | None, dict[str, Any]]:
@@ -231,6 +240,7 @@ def build_tables(path: str | os.PathLike) -> SweepTables:
                     "method": method,
                     **{k: v for k, v in r.items() if k not in TUNE_KEYS and is_number(v)},
                     "time_total_s": r.get("time_total_s"),
+                    **{k: r[k] for k in ("cloned_from", "lineage") if k in r},  # PBT (analysis/population.py)
                 }
             )
 
@@ -239,7 +249,10 @@ def build_tables(path: str | os.PathLike) -> SweepTables:
     epochs_df = epochs_df.drop(
         columns=[c for c in ("finished", "gathered_negatives", "world_size", "per_worker_batch") if c in epochs_df]
     )
-    for df in (trials_df, epochs_df):
+    rung = cfg.scheduler_objective
+    ranks = early_rank(trials_df, epochs_df, rung=(rung.metric, rung.mode),
+                       objective=(cfg.objective[0].metric, cfg.objective[0].mode), completed=COMPLETED)
+    for df in (trials_df, epochs_df, ranks):
         df.insert(0, "sweep", pd.Categorical([cfg.name] * len(df)))
     return SweepTables(
         sweep=cfg.name,
@@ -250,6 +263,7 @@ def build_tables(path: str | os.PathLike) -> SweepTables:
         pareto=_pareto(study, cfg),
         fixed=dict(cfg.fixed),
         objective=[(o.metric, o.mode) for o in cfg.objective],
+        early_rank=ranks,
     )
 
 

@@ -117,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--name", default=None, help="run name; an existing run of that name resumes")
     train.add_argument("--max-failures", type=int, default=0, help="worker failures to recover from a checkpoint")
     train.add_argument("--json", action="store_true", help="print the final metrics as JSON on the last line")
+    train.add_argument("--schedule", action="append", default=[], metavar="EPOCH:KEY=VALUE[,KEY=VALUE]",
+                       help="change settings from that epoch on (repeatable), as PBT did: the run continues from its "
+                            "exact checkpoint of the epoch before with the new values (one worker); "
+                            "analysis.population.replay_args(...) writes them for a PBT trial")
 
     from search.spec import EXECUTORS, SAMPLERS, SCHEDULERS
 
@@ -147,7 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="train: Ray Train per trial; inline: loop in the Tune actor (1 worker); auto: inline for 1-worker trials",
     )
-    run.add_argument("--scheduler", default="asha", help=f"one of {', '.join(SCHEDULERS)} (default asha)")
+    run.add_argument("--scheduler", default="asha",
+                     help=f"one of {', '.join(SCHEDULERS)} (default asha). pbt/pb2: Ray Tune's population-based "
+                          "training: the sampler draws only the first population; PBT (random perturbation) or PB2 "
+                          "(a GP bandit; needs GPy), not Optuna, then changes the space's PERTURBABLE settings "
+                          "(lr, temperature, ...) mid-run, cloning better trials' checkpoints")
+    run.add_argument("--perturbation-interval", type=int, default=None,
+                     help="pbt/pb2: epochs between two exploit/explore steps (default 10%% of the epochs)")
     run.add_argument("--grace-period", type=int, default=None, help="ASHA grace period in epochs (default 10%%)")
     run.add_argument("--reduction-factor", type=float, default=3.0, help="ASHA/HyperBand reduction factor")
     run.add_argument("--sampler", default="tpe", help=f"one of {', '.join(SAMPLERS)} (default tpe)")
@@ -162,6 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--study-storage", default=None, help="Optuna storage URL (default sqlite in the experiment directory)"
     )
     run.add_argument("--max-failures", type=int, default=1, help="Tune retries of a failed trial")
+    run.add_argument("--warm-start", action="append", default=[], metavar="PATH_OR_SWEEP",
+                     help="seed the study from earlier sweeps (a name, an experiment path, or a `csweep tables` "
+                          "output directory; repeatable): without --top every completed trial is added with its "
+                          "value (no budget spent); only parameters both spaces sample are carried over")
+    run.add_argument("--top", type=int, default=None, metavar="K",
+                     help="with --warm-start: enqueue the K best earlier configurations as the first trials instead")
 
     resume = sub.add_parser(
         "resume",

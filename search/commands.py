@@ -26,7 +26,7 @@ from search.printing import (
     status_of,
     train_summary,
 )
-from search.spec import COMPLETED, SWEEP_FILE
+from search.spec import COMPLETED, POPULATION_SCHEDULERS, SWEEP_FILE
 from trainables.config import ConfigError, parse_overrides
 
 __all__ = [
@@ -71,7 +71,18 @@ def _storage_path(raw: str | None) -> str:
     return raw if "://" in raw else str(Path(raw).expanduser().resolve())
 
 
-def _check_resumable(spec, run_dir: Path) -> None:
+def _train_schedule(args: argparse.Namespace, spec, resources) -> dict:
+    """``--schedule EPOCH:KEY=VALUE[,...]`` of ``csweep train``, every stretch validated (search/replay.py)."""
+    from search.replay import parse_schedule, segments
+
+    schedule = parse_schedule(getattr(args, "schedule", None) or [])
+    if schedule and resources.workers != 1:
+        raise UsageError(f"`schedule` replays settings changes with one worker, but got workers={resources.workers}")
+    segments(spec, schedule)
+    return schedule
+
+
+def _check_resumable(spec, run_dir: Path, *, scheduled: set[str] = frozenset()) -> None:
     """An existing run of that name resumes from its newest checkpoint: refuse, before Ray starts, a configuration
     that differs from the one that wrote it (its checkpoints are left untouched)."""
     from search.driver import read_checkpoint
@@ -87,7 +98,7 @@ def _check_resumable(spec, run_dir: Path) -> None:
         raise UsageError(f"`name`: run {run_dir.name!r} has a checkpoint that cannot be read ({checkpoints[-1]}: "
                          f"{reason}); it was left as is: remove it to resume from the one before, or pick another "
                          "--name") from e
-    changed = changed_fields(saved, spec)
+    changed = [k for k in changed_fields(saved, spec) if k not in scheduled]  # a --schedule changes those
     if changed:
         raise UsageError(f"`name`: run {run_dir.name!r} exists with other values of {', '.join(changed)}; "
                          "rerun with the same settings to resume it, or pick another --name")
@@ -124,13 +135,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         check_feasible(resources, ClusterResources.local(num_gpus=torch.cuda.device_count()))
     if args.max_failures < 0:
         raise ConfigError(f"`max_failures` must be >= 0, but got max_failures={args.max_failures}")
+    schedule = _train_schedule(args, spec, resources)
 
     from search.cluster import init_ray
     from search.driver import build_trainer, fit_with_progress
 
     name = args.name or f"train-{spec.method}-{spec.train.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage = _storage_path(args.storage_path)
-    _check_resumable(spec, Path(storage) / name)
+    _check_resumable(spec, Path(storage) / name, scheduled={k for c in schedule.values() for k in c})
     init_ray(args.address)
     if args.address:
         check_feasible(resources, ClusterResources.from_ray())
@@ -141,7 +153,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     result = fit_with_progress(
         lambda callbacks: build_trainer(
-            spec, resources, name=name, storage_path=storage, max_failures=args.max_failures, callbacks=callbacks
+            spec, resources, name=name, storage_path=storage, max_failures=args.max_failures, callbacks=callbacks,
+            schedule=schedule,
         ),
         printer=lambda line: print(line, file=sys.stderr, flush=True),
     )
@@ -197,6 +210,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         seed=args.seed,
         study_storage=args.study_storage,
         max_failures=args.max_failures,
+        perturbation_interval=args.perturbation_interval,
     )
     if cfg.is_local_storage and (Path(cfg.experiment_path) / SWEEP_FILE).exists():
         raise UsageError(
@@ -207,6 +221,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if local is not None:
         local = ClusterResources(({**local.nodes[0], "trial_driver": local.nodes[0]["CPU"]},))
     validate_sweep(cfg, cluster=local)
+    warm = _warm_start(args, cfg, space)
     concurrency = cfg.concurrency or (capacity(cfg, local) if local else None)
     init_ray(args.address, driver_slots=concurrency)
     if args.address:
@@ -216,6 +231,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         check_feasible(cfg.resources, cluster)
         concurrency = concurrency or max(1, capacity(cfg, cluster))
     write_sweep_file(cfg)
+    if warm is not None:
+        _seed_study(cfg, *warm)
     print(
         f"csweep: sweep {name}: {cfg.trials} x {cfg.repeats} trial(s) of space {cfg.space}, {concurrency} at a "
         f"time, {cfg.workers} worker(s) of {cfg.cpus_per_worker:g} thread(s) each ({cfg.resolved_executor} executor); "
@@ -223,6 +240,60 @@ def cmd_run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return _fit_and_report(cfg, lambda callbacks: build_tuner(cfg, concurrency=concurrency, callbacks=callbacks))
+
+
+def _warm_start_trials(source: str, storage: str | None):
+    """The earlier trials a warm start reads: a tables directory written by ``csweep tables`` (or its ``trials``
+    table, or one Parquet file), else a sweep name or experiment path whose tables are built on the spot."""
+    import pandas as pd
+
+    path = Path(source).expanduser()
+    if path.is_dir() and (path / "trials").is_dir():
+        path = path / "trials"
+    if path.suffix == ".parquet" and not path.exists():
+        raise UsageError(f"`warm_start`: no Parquet file at {str(path)!r}")
+    if path.suffix == ".parquet" or (path.is_dir() and any(path.rglob("*.parquet"))):
+        return pd.read_parquet(path)
+    from analysis.tables import build_tables
+
+    return build_tables(_sweep_paths([source], storage)[0]).trials
+
+
+def _warm_start(args: argparse.Namespace, cfg, space):
+    """``--warm-start`` / ``--top``: the earlier configurations to seed the study with, checked before Ray starts;
+    None without ``--warm-start``."""
+    import pandas as pd
+
+    from search.warm_start import space_distributions, warm_start_points
+
+    top = getattr(args, "top", None)
+    sources = getattr(args, "warm_start", None) or []
+    if not sources:
+        if top is not None:
+            raise UsageError("`top` needs --warm-start PATH_OR_SWEEP (the sweeps whose best configurations to run)")
+        return None
+    if cfg.scheduler in POPULATION_SCHEDULERS:
+        raise UsageError(f"`warm_start` seeds the Optuna study, which --scheduler {cfg.scheduler} does not use")
+    if top is not None and not 1 <= top <= cfg.trials:
+        raise UsageError(f"`1 <= top <= trials` must hold, but got top={top}, trials={cfg.trials}")
+    earlier = pd.concat([_warm_start_trials(s, args.storage_path) for s in sources], ignore_index=True)
+    distributions, methods = space_distributions(space, cfg.fixed, seed=cfg.seed)
+    source = ", ".join(sources)
+    points = warm_start_points(earlier, distributions=distributions, methods=methods, source=source,
+                               objective=[(o.metric, o.mode) for o in cfg.objective])
+    return points, distributions, top, source
+
+
+def _seed_study(cfg, points, distributions, top, source) -> None:
+    import optuna
+
+    from search.warm_start import seed_study
+
+    study = optuna.create_study(storage=cfg.study_url, study_name=cfg.name, load_if_exists=True,
+                                directions=["maximize" if o.mode == "max" else "minimize" for o in cfg.objective])
+    n = seed_study(study, points, distributions, top=top, source=source)
+    what = f"the {n} best configuration(s) enqueued" if top is not None else f"{n} finished trial(s) added"
+    print(f"csweep: warm start from {source}: {what}", file=sys.stderr)
 
 
 def _fit_and_report(cfg, make_tuner) -> int:
@@ -283,7 +354,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     params = sorted(sampled_keys(rows) - {"method"})
     print(f"sweep {cfg.name} ({cfg.space}): {len(rows)} of {cfg.trials * cfg.repeats} trial(s)")
     print(format_table(rows, ["trial", "status", "method", *params, *RESULT_COLUMNS]))
+    _print_early_rank(path, cfg)
     return 0
+
+
+def _print_early_rank(path: str, cfg) -> None:
+    """The early-stopping trust section of ``csweep status`` (analysis/early_rank.py)."""
+    from analysis.tables import build_tables
+    from search.printing import early_rank_report
+
+    print()
+    print(early_rank_report(build_tables(path).early_rank, cfg))
 
 
 def cmd_spaces(args: argparse.Namespace) -> int:

@@ -91,6 +91,12 @@ def train_worker(config: dict[str, Any]) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as path:
             state = read_checkpoint(path)
+    if config.get("schedule"):  # `csweep train --schedule`: settings that change at given epochs (search/replay.py)
+        from search.replay import fit_schedule
+
+        schedule = {int(e): s for e, s in config["schedule"].items()}
+        fit_schedule(spec, schedule, reporter=RayTrainReporter(), resume_state=state)
+        return
     fit(spec, reporter=RayTrainReporter(), resume_state=state)
 
 
@@ -143,6 +149,7 @@ def build_trainer(
     max_failures: int = 0,
     callbacks: list | None = None,
     num_to_keep: int = 2,
+    schedule: dict | None = None,
 ):
     """A ``TorchTrainer`` for one trial: gloo on CPU, NCCL on GPU, one checkpoint per epoch (keep the last few)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -151,7 +158,8 @@ def build_trainer(
 
     return TorchTrainer(
         train_worker,
-        train_loop_config={"settings": spec.flat(), "cpus_per_worker": resources.cpus_per_worker},
+        train_loop_config={"settings": spec.flat(), "cpus_per_worker": resources.cpus_per_worker,
+                           **({"schedule": schedule} if schedule else {})},
         scaling_config=ScalingConfig(
             num_workers=resources.workers,
             use_gpu=resources.gpus_per_worker > 0,

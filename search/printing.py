@@ -14,6 +14,7 @@ __all__ = [
     "finished_status",
     "fmt",
     "format_table",
+    "early_rank_report",
     "jsonable",
     "leaderboard_rows",
     "next_steps",
@@ -140,3 +141,26 @@ def train_summary(metrics: Mapping[str, Any]) -> str:
     """The last line of ``csweep train``: the headline metrics as ``key=value``."""
     keys = ("epoch", "train_loss", "knn_top1", "linear_top1", "best_knn_top1", "images_per_s")
     return "  ".join(f"{k}={fmt(metrics[k])}" for k in keys if k in metrics)
+
+
+def early_rank_report(table, cfg) -> str:
+    """``csweep status``'s early-stopping section: Spearman / Kendall of the rung metric per epoch against the final
+    objective (``table``: the sweep's early_rank table), then a warning with a safe grace period when early
+    rankings predict the final one poorly (only for sweeps that stop early)."""
+    from analysis.early_rank import grace_advice
+
+    if not len(table):
+        return "early stopping trust: no trial has run to the end yet"
+    first = table.iloc[0]
+    rows = [{"epoch": int(r.epoch), "trials": int(r.n_trials),
+             "spearman": None if r.spearman != r.spearman else float(r.spearman),
+             "kendall": None if r.kendall != r.kendall else float(r.kendall)} for r in table.itertuples()]
+    lines = [f"early stopping trust: {first['rung_metric']} at each epoch vs final {first['objective']} "
+             "(rank correlations over trials that ran to the end)",
+             format_table(rows, ["epoch", "trials", "spearman", "kendall"])]
+    if cfg.scheduler == "asha":
+        advice = grace_advice(table, cfg.resolved_grace_period, last_epoch=cfg.epochs)
+        lines.append(f"warning: {advice.warning}" if advice.warning else
+                     f"grace period {advice.grace_period}: early rankings agree with the final one "
+                     f"(Spearman {advice.spearman:.2f} over {advice.n_trials} trials)")
+    return "\n".join(lines)

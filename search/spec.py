@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ __all__ = [
     "EXECUTORS",
     "PAUSED",
     "PENDING",
+    "POPULATION_SCHEDULERS",
     "RUNNING",
     "SAMPLERS",
     "SCHEDULERS",
@@ -42,11 +44,13 @@ __all__ = [
 
 SWEEP_FILE = "sweep.json"
 Executor = Literal["auto", "train", "inline"]
-Scheduler = Literal["asha", "hyperband", "fifo"]
+Scheduler = Literal["asha", "hyperband", "fifo", "pbt", "pb2"]
 Sampler = Literal["tpe", "random", "cmaes", "gp", "nsga2"]
 EXECUTORS: tuple[str, ...] = typing.get_args(Executor)
 SCHEDULERS: tuple[str, ...] = typing.get_args(Scheduler)
 SAMPLERS: tuple[str, ...] = typing.get_args(Sampler)
+#: schedulers that train a population and perturb its settings mid-run (Ray Tune's PBT / PB2; no Optuna searcher)
+POPULATION_SCHEDULERS = ("pbt", "pb2")
 
 # -- trial statuses: one vocabulary for `csweep run`/`status` tables and trials.parquet --------------------------------
 COMPLETED = "completed"  # ran to its last epoch (final probes reported)
@@ -121,6 +125,7 @@ class SweepConfig:
     seed: int = 0
     study_storage: str | None = None  # Optuna storage URL; None: SQLite file in the experiment directory
     max_failures: int = 1  # Tune retries of a failed trial (from its last checkpoint)
+    perturbation_interval: int | None = None  # pbt/pb2: epochs between exploit/explore steps (None: 10 % of epochs)
 
     def __post_init__(self) -> None:
         check_range("trials", self.trials, low=1)
@@ -146,8 +151,25 @@ class SweepConfig:
                 "`repeats` > 1 averages one objective over seeds; it cannot be combined with a "
                 f"multi-objective `objective` ({len(self.objective)} metrics)"
             )
+        if self.scheduler in POPULATION_SCHEDULERS:
+            self._check_population()
         if self.sampler == "cmaes" and len(self.objective) > 1:
             raise ConfigError("`sampler=cmaes` is single-objective; use nsga2, tpe or random for several objectives")
+
+    def _check_population(self) -> None:
+        what = f"`scheduler={self.scheduler}`"
+        if self.repeats > 1 or len(self.objective) > 1:
+            raise ConfigError(f"{what} trains one population on one objective; it cannot be combined with "
+                              f"repeats={self.repeats} or a multi-objective `objective` ({len(self.objective)} metrics)")
+        if self.resolved_executor != "inline":
+            raise ConfigError(f"{what} runs one-worker inline trials (a clone resumes from another trial's "
+                              f"checkpoint); got executor={self.executor}, workers={self.workers}")
+        if self.perturbation_interval is not None:
+            check_range("perturbation_interval", self.perturbation_interval, low=1)
+            epochs = self.fixed.get("epochs", TrainConfig().epochs)
+            if isinstance(epochs, int) and self.perturbation_interval >= epochs:
+                raise ConfigError(f"`perturbation_interval < epochs` must hold, but got perturbation_interval="
+                                  f"{self.perturbation_interval}, epochs={epochs}")
 
     # -- derived -------------------------------------------------------------------------------------------------------
     @property
@@ -180,6 +202,16 @@ class SweepConfig:
     @property
     def epochs(self) -> int:
         return int(self.fixed.get("epochs", TrainConfig().epochs))
+
+    @property
+    def resolved_grace_period(self) -> int:
+        """ASHA's grace period in epochs: ``grace_period``, else 10 % of the epochs (at least 1, at most all)."""
+        return min(self.grace_period or max(1, math.ceil(0.1 * self.epochs)), self.epochs)
+
+    @property
+    def resolved_perturbation_interval(self) -> int:
+        """PBT/PB2's perturbation interval in epochs: ``perturbation_interval``, else 10 % of the epochs (>= 1)."""
+        return self.perturbation_interval or max(1, math.ceil(0.1 * self.epochs))
 
     @property
     def scheduler_objective(self) -> Objective:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 import os
 import re
 import tempfile
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from search.cluster import DRIVER_RESOURCE, ClusterResources, check_feasible
-from search.spec import SweepConfig
+from search.spec import POPULATION_SCHEDULERS, SweepConfig
 from trainables.config import ConfigError
 from trainables.trial import TrialSpec, prepare_trial, trial_settings
 
@@ -46,7 +45,16 @@ def _spec(fixed: Mapping[str, Any], sampled: Mapping[str, Any]) -> TrialSpec:
 
 
 class TuneReporter:
-    """Reporter for :func:`trainables.loop.fit` running inline in a Tune actor: one ``tune.report`` per epoch."""
+    """Reporter for :func:`trainables.loop.fit` running inline in a Tune actor: one ``tune.report`` per epoch.
+    ``settings`` are reported with every epoch too (a population sweep's current perturbable settings, which then
+    form each trial's settings history in epochs.parquet)."""
+
+    def __init__(self, settings: Mapping[str, Any] | None = None, *, trial_id: str | None = None,
+                 cloned_from: str | None = None, history: list[dict] | None = None) -> None:
+        self.settings = dict(settings or {})
+        self.trial_id = trial_id  # stamped into each checkpoint, so a PBT clone knows whose weights it took
+        self.cloned_from = cloned_from  # reported once, with the first epoch after the clone
+        self.history = list(history or [])  # (epoch, trial, settings) of the weights' lineage, from the checkpoint
 
     def report(self, metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
         import torch
@@ -54,7 +62,18 @@ class TuneReporter:
 
         from search.driver import STATE_FILE, worker_facts
 
-        metrics = {**metrics, **worker_facts()}
+        metrics = {**metrics, **worker_facts(), **self.settings}
+        if self.cloned_from is not None:
+            metrics["cloned_from"], self.cloned_from = self.cloned_from, None
+        if self.trial_id is not None:
+            # the lineage travels with the weights (a resumed or cloned trial's earlier result rows may be gone);
+            # the last epoch reports all of it as JSON (`lineage` in epochs.parquet)
+            entry = {"epoch": int(metrics["epoch"]), "trial": self.trial_id, **self.settings}
+            self.history = [h for h in self.history if h["epoch"] < entry["epoch"]] + [entry]
+            if metrics.get("finished"):
+                metrics["lineage"] = json.dumps(self.history)
+            if state is not None:
+                state = {**state, "csweep_trial": self.trial_id, "csweep_history": self.history}
         if state is None:
             tune.report(metrics)
             return
@@ -73,7 +92,9 @@ def trial_driver(config: dict[str, Any], sweep: dict[str, Any]) -> None:
     import torch
     from ray import tune
 
-    cfg = SweepConfig.from_json(json.dumps(sweep))
+    perturbed = tuple(sweep.get("__perturbable__", ()))
+    cfg = SweepConfig.from_json(json.dumps({k: v for k, v in sweep.items() if k != "__perturbable__"}))
+    config = {k: v for k, v in config.items() if v is not None}  # a population's placeholder for an unset key
     spec = _spec(cfg.fixed, config)
     trial_id = tune.get_context().get_trial_id()
     if cfg.resolved_executor == "inline":
@@ -86,7 +107,15 @@ def trial_driver(config: dict[str, Any], sweep: dict[str, Any]) -> None:
         if checkpoint is not None:
             with checkpoint.as_directory() as path:
                 state = read_checkpoint(path)
-        fit(spec, reporter=TuneReporter(), resume_state=state)
+        reporter = TuneReporter()
+        if perturbed:  # PBT: a trial may start from another's checkpoint with perturbed settings
+            if state is not None:
+                state["spec"] = {**state["spec"], **{k: v for k, v in spec.flat().items() if k in perturbed}}
+            donor = state.get("csweep_trial") if state is not None else None
+            reporter = TuneReporter({k: config[k] for k in perturbed if k in config}, trial_id=trial_id,
+                                    cloned_from=donor if donor not in (None, trial_id) else None,
+                                    history=state.get("csweep_history") if state is not None else None)
+        fit(spec, reporter=reporter, resume_state=state)
         return
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -105,10 +134,13 @@ def trial_driver(config: dict[str, Any], sweep: dict[str, Any]) -> None:
         raise result.error
 
 
-def _trainable(cfg: SweepConfig):
+def _trainable(cfg: SweepConfig, perturbable: tuple[str, ...] = ()):
     from ray import tune
 
-    fn = tune.with_parameters(trial_driver, sweep=json.loads(cfg.to_json()))
+    sweep = json.loads(cfg.to_json())
+    if perturbable:
+        sweep["__perturbable__"] = list(perturbable)
+    fn = tune.with_parameters(trial_driver, sweep=sweep)
     if cfg.resolved_executor == "inline":
         return tune.with_resources(fn, cfg.resources.worker_bundle)
     # Train-in-Tune: the driver holds no CPU (its workers do) but one unit of the driver semaphore, so Tune can
@@ -169,6 +201,8 @@ def validate_sweep(
         study.tell(trial, 0.0)
     _check_objective_reported(cfg, reported)
     _check_fixed_used(cfg, fixed, set(reported))
+    if cfg.scheduler in POPULATION_SCHEDULERS:
+        check_population(cfg, space)
     if cluster is not None:
         check_feasible(cfg.resources, cluster, autoscaling=autoscaling)
         if cfg.resolved_executor == "train" and not autoscaling and cluster.total(DRIVER_RESOURCE) < 1:
@@ -263,14 +297,13 @@ def _scheduler(cfg: SweepConfig):
         return HyperBandScheduler(
             time_attr="epoch", metric=obj.metric, mode=obj.mode, max_t=epochs, reduction_factor=cfg.reduction_factor
         )
-    grace = cfg.grace_period or max(1, math.ceil(0.1 * epochs))
     # time_attr="epoch": reported by the workers, so it stays right after a trial is retried from a checkpoint
     return ASHAScheduler(
         time_attr="epoch",
         metric=obj.metric,
         mode=obj.mode,
         max_t=epochs,
-        grace_period=min(grace, epochs),
+        grace_period=cfg.resolved_grace_period,
         reduction_factor=cfg.reduction_factor,
     )
 
@@ -455,7 +488,8 @@ def _tune_run_config(cfg: SweepConfig, callbacks: list):
         name=cfg.name,
         storage_path=cfg.storage_path,
         failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        # PBT clones register the donor's checkpoint as their own and would delete it on rotation: keep them all
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=None if cfg.scheduler in POPULATION_SCHEDULERS else 2),
         callbacks=callbacks,
         verbose=0,
     )
@@ -468,6 +502,8 @@ def build_tuner(cfg: SweepConfig, *, concurrency: int, callbacks: list | None = 
     from spaces import load_space
 
     space = load_space(cfg.space)
+    if cfg.scheduler in POPULATION_SCHEDULERS:
+        return _population_tuner(cfg, space, concurrency=concurrency, callbacks=callbacks or [])
     return tune.Tuner(
         _trainable(cfg),
         tune_config=tune.TuneConfig(
@@ -483,16 +519,129 @@ def build_tuner(cfg: SweepConfig, *, concurrency: int, callbacks: list | None = 
     )
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# Population-based training (--scheduler pbt|pb2): Ray Tune's own schedulers; Optuna only draws the first population
+
+
+def initial_population(cfg: SweepConfig, space) -> list[dict[str, Any]]:
+    """The ``cfg.trials`` starting configurations: the space's valid seed recipe points, then draws of the sweep's
+    sampler from a throw-away in-memory study (no feedback reaches it: PBT, not Optuna, changes settings later)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=_sampler(cfg), direction="maximize")
+    for point in space.points_to_evaluate:
+        if _point_valid(point, cfg):
+            study.enqueue_trial(point)
+    out = []
+    for _ in range(cfg.trials):
+        trial = study.ask()
+        returned = space.space(trial, dict(cfg.fixed)) or {}
+        out.append({**trial.params, **returned})
+        study.tell(trial, 0.0)
+    return out
+
+
+def population_mutations(cfg: SweepConfig, space, population: list[dict[str, Any]]) -> dict[str, Any]:
+    """What PBT may perturb: the space's ``PERTURBABLE`` settings that every member of the population samples, each
+    with its distribution from the space (``{name: (low, high, log)}`` for numbers, ``{name: [choices]}``)."""
+    import optuna.distributions as d
+
+    from search.warm_start import space_distributions
+
+    distributions, _ = space_distributions(space, cfg.fixed, seed=cfg.seed)
+    out: dict[str, Any] = {}
+    for name in space.perturbable:
+        dist = distributions.get(name)
+        if dist is None or not all(p.get(name) is not None for p in population):
+            continue
+        if isinstance(dist, d.CategoricalDistribution):
+            out[name] = list(dist.choices)
+        else:
+            out[name] = (dist.low, dist.high, dist.log)
+    return out
+
+
+def _population_scheduler(cfg: SweepConfig, mutations: Mapping[str, Any]):
+    from ray import tune
+
+    obj = cfg.scheduler_objective
+    common = dict(time_attr="epoch", metric=obj.metric, mode=obj.mode,
+                  perturbation_interval=cfg.resolved_perturbation_interval)
+    if cfg.scheduler == "pb2":
+        from ray.tune.schedulers.pb2 import PB2
+
+        numeric = {k: [v[0], v[1]] for k, v in mutations.items() if isinstance(v, tuple)}
+        return PB2(hyperparam_bounds=numeric, **common)
+    from ray.tune.schedulers import PopulationBasedTraining
+
+    space = {k: v if isinstance(v, list) else (tune.loguniform(v[0], v[1]) if v[2] else tune.uniform(v[0], v[1]))
+             for k, v in mutations.items()}
+    bounds = {k: v for k, v in mutations.items() if isinstance(v, tuple)}
+    return PopulationBasedTraining(hyperparam_mutations=space,
+                                   custom_explore_fn=functools.partial(_clip, bounds=bounds), **common)
+
+
+def _clip(config: dict[str, Any], *, bounds: Mapping[str, tuple]) -> dict[str, Any]:
+    """PBT multiplies a setting by 0.8 or 1.2: keep it inside the space's range (a config must stay valid)."""
+    for k, (low, high, _) in bounds.items():
+        if config.get(k) is not None:
+            config[k] = type(low)(min(max(config[k], low), high))
+    return config
+
+
+def _population_tuner(cfg: SweepConfig, space, *, concurrency: int, callbacks: list):
+    from ray import tune
+    from ray.tune.search import BasicVariantGenerator
+
+    population = initial_population(cfg, space)
+    mutations = population_mutations(cfg, space, population)
+    keys = sorted({k for p in population for k in p})
+    return tune.Tuner(
+        _trainable(cfg, tuple(mutations)),
+        param_space={k: None for k in keys},  # BasicVariantGenerator fills each trial from one population member
+        tune_config=tune.TuneConfig(
+            search_alg=BasicVariantGenerator(points_to_evaluate=population, max_concurrent=concurrency),
+            scheduler=_population_scheduler(cfg, mutations),
+            num_samples=cfg.trials,
+            reuse_actors=True,
+            trial_name_creator=functools.partial(trial_name, fixed_method=cfg.fixed.get("method")),
+            trial_dirname_creator=functools.partial(trial_dirname, fixed_method=cfg.fixed.get("method")),
+        ),
+        run_config=_tune_run_config(cfg, callbacks),
+    )
+
+
+def check_population(cfg: SweepConfig, space) -> None:
+    """Before Ray starts: PB2's optional dependency is installed and the space has something PBT may perturb."""
+    import importlib.util
+
+    if cfg.scheduler == "pb2":
+        missing = [m for m in ("GPy", "sklearn") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise ConfigError(f"`scheduler=pb2` needs {' and '.join(missing)} (Ray Tune's PB2 fits a GP with them), "
+                              f"which is not installed: `pip install GPy scikit-learn`, or use --scheduler pbt")
+    if not space.perturbable:
+        raise ConfigError(f"`scheduler={cfg.scheduler}`: space {cfg.space!r} marks no setting as PERTURBABLE")
+    population = initial_population(cfg, space)
+    if not population_mutations(cfg, space, population):
+        raise ConfigError(f"`scheduler={cfg.scheduler}`: none of the settings space {cfg.space!r} marks as "
+                          f"PERTURBABLE ({', '.join(space.perturbable)}) is sampled by every trial (fixed with --set?)")
+
+
 def restore_tuner(cfg: SweepConfig, *, callbacks: list | None = None):
     """Tuner.restore for a sweep whose driver died: unfinished and errored trials resume from their checkpoints."""
     from ray import tune
 
     from spaces import load_space
 
-    load_space(cfg.space)  # a user's space file: its module must be importable to unpickle the searcher
+    space = load_space(cfg.space)  # a user's space file: its module must be importable to unpickle the searcher
+    perturbable = ()
+    if cfg.scheduler in POPULATION_SCHEDULERS:  # the same trainable the population started with
+        perturbable = tuple(population_mutations(cfg, space, initial_population(cfg, space)))
     return tune.Tuner.restore(
         cfg.experiment_path,
-        trainable=_trainable(cfg),
+        trainable=_trainable(cfg, perturbable),
         resume_unfinished=True,
         resume_errored=True,
         restart_errored=False,

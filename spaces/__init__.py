@@ -51,6 +51,12 @@ class SpaceModule:
         return typed_settings(getattr(self.module, "FIXED", {}))
 
     @property
+    def perturbable(self) -> tuple[str, ...]:
+        """Settings a population scheduler (``--scheduler pbt|pb2``) may change mid-run (``PERTURBABLE``): only
+        ones the loop and the method read afresh at every step (lr, temperatures, loss weights, EMA momenta)."""
+        return tuple(getattr(self.module, "PERTURBABLE", ()))
+
+    @property
     def description(self) -> str:
         return getattr(self.module, "DESCRIPTION", (self.module.__doc__ or "").strip().splitlines()[0])
 

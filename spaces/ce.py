@@ -13,6 +13,11 @@ DESCRIPTION = "Cross-entropy baseline: lr, weight decay, warm-up, label smoothin
 POINTS_TO_EVALUATE = [{"lr": 0.8, "weight_decay": 1e-4, "warmup_epochs": 0, "label_smoothing": 0.0}]
 
 
+#: Settings PBT/PB2 may change mid-run (read afresh each step; weight decay and SGD momentum live in the
+#: optimiser's restored state, so they are not listed). See spaces/__init__.py: SpaceModule.perturbable.
+PERTURBABLE = ("lr", "label_smoothing")
+
+
 def params(trial: Any, fixed: Mapping[str, Any]) -> dict[str, Any]:
     p = Params(trial, fixed)
     p.float("lr", 0.01, 1.0, log=True)

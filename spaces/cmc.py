@@ -19,6 +19,11 @@ POINTS_TO_EVALUATE = [{"nce_k": 16384, "nce_t": 0.07, "nce_m": 0.5, "softmax": F
 TRAIN_IMAGES = {"digits": 1197, "cifar10": 50000, "cifar100": 50000}
 
 
+#: Settings PBT/PB2 may change mid-run (read afresh each step; weight decay and SGD momentum live in the
+#: optimiser's restored state, so they are not listed). See spaces/__init__.py: SpaceModule.perturbable.
+PERTURBABLE = ("lr", "nce_m")  # not nce_t: the NCE constant Z, fixed from the first batch, depends on it
+
+
 def params(trial: Any, fixed: Mapping[str, Any]) -> dict[str, Any]:
     """CMC's own parameters; ``nce_k`` below the training set of the fixed dataset (default digits), up to 16384."""
     p = Params(trial, fixed)

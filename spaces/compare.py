@@ -12,6 +12,11 @@ from typing import Any
 
 DESCRIPTION = "Method as a categorical; each method's parameters conditional on it"
 
+#: Settings PBT/PB2 may change mid-run: lr, which every method samples (PBT perturbs only settings that every
+#: member of the population has; the methods' own ones are conditional on the method).
+PERTURBABLE = ("lr",)
+
+
 def available() -> list[str]:
     """Every registered method, in name order; each has its space ``spaces/<method>.py`` (the tests check it)."""
     from trainables.methods import METHODS

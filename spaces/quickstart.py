@@ -23,6 +23,11 @@ TRIALS = 12
 POINTS_TO_EVALUATE = [{"method": "supcon", "lr": 0.05, "temperature": 0.1}]
 
 
+#: Settings PBT/PB2 may change mid-run (read afresh each step; weight decay and SGD momentum live in the
+#: optimiser's restored state, so they are not listed). See spaces/__init__.py: SpaceModule.perturbable.
+PERTURBABLE = ("lr", "temperature")
+
+
 def space(trial: Any, fixed: Mapping[str, Any]) -> dict[str, Any]:
     p = Params(trial, fixed)
     method = p.choice("method", ["supcon", "simclr", "ce"])

@@ -19,6 +19,11 @@ POINTS_TO_EVALUATE = [{"temperature": 0.1, "temperature_m": 0.05, "coeff": 0.5, 
 QUEUE_SIZES = [2048, 4096, 8192, 16384]
 
 
+#: Settings PBT/PB2 may change mid-run (read afresh each step; weight decay and SGD momentum live in the
+#: optimiser's restored state, so they are not listed). See spaces/__init__.py: SpaceModule.perturbable.
+PERTURBABLE = ("lr", "temperature", "temperature_m", "coeff", "initial_momentum")
+
+
 def params(trial: Any, fixed: Mapping[str, Any]) -> dict[str, Any]:
     """SCE's own parameters (the queue must stay a multiple of the batch and below the dataset size: pass a smaller
     ``--set queue_size`` on small datasets)."""

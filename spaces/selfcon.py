@@ -26,6 +26,11 @@ POINTS_TO_EVALUATE = [
 ]
 
 
+#: Settings PBT/PB2 may change mid-run (read afresh each step; weight decay and SGD momentum live in the
+#: optimiser's restored state, so they are not listed). See spaces/__init__.py: SpaceModule.perturbable.
+PERTURBABLE = ("lr", "temperature", "alpha")
+
+
 def position_choices(backbone: str) -> list[str]:
     """Every non-empty exit set of ``backbone`` as a YAML list string, fewest exits first.
 

@@ -18,6 +18,11 @@ POINTS_TO_EVALUATE = [{"gamma": 1.0, "use_gamma_scaling": True, "gamma_scaling_s
                        "gamma_schedule": "cosine", "alpha": 1.0, "beta": 0.99, "lr": 3e-4, "num_local_views": 4}]
 
 
+#: Settings PBT/PB2 may change mid-run (read afresh each step; weight decay and SGD momentum live in the
+#: optimiser's restored state, so they are not listed). See spaces/__init__.py: SpaceModule.perturbable.
+PERTURBABLE = ("lr", "gamma", "alpha", "beta")
+
+
 def params(trial: Any, fixed: Mapping[str, Any]) -> dict[str, Any]:
     """The sigmoid method's own parameters; the schedule's length and shape only when the schedule is on."""
     p = Params(trial, fixed)

@@ -13,6 +13,11 @@ DESCRIPTION = "SimCLR: temperature, lr, weight decay, warm-up, projection dim"
 POINTS_TO_EVALUATE = [{"temperature": 0.5, "lr": 0.5, "weight_decay": 1e-4, "warmup_epochs": 0, "feat_dim": 128}]
 
 
+#: Settings PBT/PB2 may change mid-run (read afresh each step; weight decay and SGD momentum live in the
+#: optimiser's restored state, so they are not listed). See spaces/__init__.py: SpaceModule.perturbable.
+PERTURBABLE = ("lr", "temperature")
+
+
 def params(trial: Any, fixed: Mapping[str, Any]) -> dict[str, Any]:
     return supcon.params(trial, fixed, temperature=(0.05, 1.0))
 

@@ -13,6 +13,11 @@ DESCRIPTION = "SupCon: temperature, lr, weight decay, warm-up, projection dim"
 POINTS_TO_EVALUATE = [{"temperature": 0.1, "lr": 0.5, "weight_decay": 1e-4, "warmup_epochs": 0, "feat_dim": 128}]
 
 
+#: Settings PBT/PB2 may change mid-run (read afresh each step; weight decay and SGD momentum live in the
+#: optimiser's restored state, so they are not listed). See spaces/__init__.py: SpaceModule.perturbable.
+PERTURBABLE = ("lr", "temperature")
+
+
 def params(trial: Any, fixed: Mapping[str, Any], *, temperature: tuple[float, float] = (0.05, 0.5)) -> dict[str, Any]:
     """SupCon's own parameters plus the shared optimisation knobs (SimCLR's space reuses them with its own
     temperature range)."""

@@ -68,6 +68,9 @@ def test_tables_of_a_real_sweep(sweep, tmp_path):
     assert best["best_ci95_low"] <= best["best_value"] <= best["best_ci95_high"]
     assert board["device_hours"].sum() > 0
     assert (out / "plots" / "abl_learning_curves.png").stat().st_size > 1000
+    ranks = tables.early_rank  # every completed trial at each of the 3 epochs; the last epoch is the objective itself
+    assert ranks["epoch"].tolist() == [1, 2, 3] and ranks["n_trials"].tolist() == [4, 4, 4]
+    assert ranks["spearman"].iloc[-1] == pytest.approx(1.0) and ranks["kendall"].iloc[-1] == pytest.approx(1.0)
 
 
 @pytest.mark.slow

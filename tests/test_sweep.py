@@ -70,7 +70,7 @@ def test_fixed_settings_are_not_sampled():
     [
         (["nope"], "`space` must be one of"),
         (["supcon", "--sampler", "annealing"], "`sampler` must be one of tpe, random, cmaes, gp, nsga2"),
-        (["supcon", "--scheduler", "pbt"], "`scheduler` must be one of asha, hyperband, fifo"),
+        (["supcon", "--scheduler", "median"], "`scheduler` must be one of asha, hyperband, fifo, pbt, pb2"),
         (["supcon", "--set", "tau=1"], "unknown setting `tau`"),
         (["supcon", "--objective", "accuracy"], "`objective` metric 'accuracy' is not reported"),
         (["supcon", "--study-storage", "notadb://x"], "`study_storage`"),
@@ -152,6 +152,7 @@ def test_quickstart_sweep_matches_study_stops_early_and_logs_tensorboard(tmp_pat
     assert all(list(t["dir"].glob("events.out.tfevents*")) for t in trials), "TensorBoard files missing"
     status = run_cli("status", "qs", "--storage-path", str(tmp_path))
     assert status.returncode == 0 and status.stdout.count("\n") >= 7, status.stderr
+    assert "early stopping trust: knn_top1 at each epoch vs final knn_top1" in status.stdout, status.stdout
     for text in (proc.stdout, status.stdout):  # one status vocabulary (search.spec), as in trials.parquet
         assert " completed " in text and " stopped " in text, text
 
