@@ -109,7 +109,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from search.cluster import ClusterResources, TrialResources, check_feasible
     from trainables.trial import prepare_trial
 
-    resources = TrialResources(args.workers, _cpus_per_worker(args), args.gpus_per_worker)
+    resources = TrialResources(args.workers, _cpus_per_worker(args), args.gpus_per_worker, args.memory_per_worker)
     spec = prepare_trial(
         args.method,
         _settings(args),
@@ -197,6 +197,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         seed=args.seed,
         study_storage=args.study_storage,
         max_failures=args.max_failures,
+        memory_per_worker_mb=args.memory_per_worker,
+        pending_timeout_s=args.pending_timeout,
     )
     if cfg.is_local_storage and (Path(cfg.experiment_path) / SWEEP_FILE).exists():
         raise UsageError(
@@ -235,8 +237,11 @@ def _fit_and_report(cfg, make_tuner) -> int:
     obj = cfg.objective[0]
     table = ProgressTable(fixed_method=cfg.fixed.get("method"), total=cfg.trials * cfg.repeats, metric=obj.metric,
                           mode=obj.mode)
-    results = make_tuner([table]).fit()
-    orphans = fail_orphaned_study_trials(cfg)
+    try:
+        results = make_tuner([table, _watchdog(cfg)]).fit()
+        orphans = fail_orphaned_study_trials(cfg)
+    except Exception as e:
+        return _sweep_fault(cfg, e)
     print_leaderboard(cfg, [result_row(r) for r in results])
     if len(cfg.objective) > 1:
         print_pareto(cfg)
@@ -250,6 +255,43 @@ def _fit_and_report(cfg, make_tuner) -> int:
     if orphans:
         print(f"csweep: marked {orphans} Optuna trial(s) left RUNNING by an earlier crash as FAIL", file=sys.stderr)
     return 0 if any(r.error is None for r in results) else 1
+
+
+def _watchdog(cfg):
+    """The callback that stops a sweep whose trials wait forever or whose storage refuses writes (exit 75 / 74)."""
+    from search.watchdog import SweepWatchdog
+
+    local = cfg.experiment_path.removeprefix("file://") if cfg.is_local_storage else None
+    return SweepWatchdog(name=cfg.name, pending_timeout_s=cfg.pending_timeout_s, experiment_dir=local)
+
+
+def _sweep_fault(cfg, error: Exception) -> int:
+    """A sweep stopped by a :class:`search.watchdog.SweepFault` or a storage error from anywhere in ``fit``: one line
+    on stderr and its exit code; anything else is re-raised (a bug: its traceback is wanted)."""
+    from search.sweep import fail_orphaned_study_trials
+    from search.watchdog import EXIT_STORAGE, SweepFault, storage_error, storage_message
+
+    fault = next((e for e in _chain(error) if isinstance(e, SweepFault)), None)
+    reason = storage_error(error)
+    if fault is None and reason is None:
+        raise error
+    try:  # as after Ctrl-C: the running trials' records are FAIL (csweep_orphaned) until resume continues them
+        fail_orphaned_study_trials(cfg)
+    except Exception:  # the study's storage may be the one that failed; resume marks them then
+        pass
+    if fault is not None:
+        print(f"csweep: error: {fault}", file=sys.stderr)
+        return fault.exit_code
+    print(f"csweep: error: {storage_message(cfg.name, cfg.experiment_path, reason)}", file=sys.stderr)
+    return EXIT_STORAGE
+
+
+def _chain(error: BaseException):
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
 
 
 def cmd_resume(args: argparse.Namespace) -> int:

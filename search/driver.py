@@ -78,7 +78,8 @@ class RayTrainReporter:
 
 
 def train_worker(config: dict[str, Any]) -> None:
-    """Entry point of every Ray Train worker. ``config = {"settings": TrialSpec.flat(), "cpus_per_worker": c}``."""
+    """Entry point of every Ray Train worker. ``config = {"settings": TrialSpec.flat(), "cpus_per_worker": c,
+    "memory_limit_mb": m}`` (``m``: the worker's RSS limit, or None)."""
     import ray.train
 
     from trainables.loop import fit
@@ -91,7 +92,7 @@ def train_worker(config: dict[str, Any]) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as path:
             state = read_checkpoint(path)
-    fit(spec, reporter=RayTrainReporter(), resume_state=state)
+    fit(spec, reporter=RayTrainReporter(), resume_state=state, memory_limit_mb=config.get("memory_limit_mb"))
 
 
 class ProgressCallback(UserCallback):
@@ -151,7 +152,8 @@ def build_trainer(
 
     return TorchTrainer(
         train_worker,
-        train_loop_config={"settings": spec.flat(), "cpus_per_worker": resources.cpus_per_worker},
+        train_loop_config={"settings": spec.flat(), "cpus_per_worker": resources.cpus_per_worker,
+                           "memory_limit_mb": resources.memory_mb},
         scaling_config=ScalingConfig(
             num_workers=resources.workers,
             use_gpu=resources.gpus_per_worker > 0,

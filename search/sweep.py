@@ -86,7 +86,7 @@ def trial_driver(config: dict[str, Any], sweep: dict[str, Any]) -> None:
         if checkpoint is not None:
             with checkpoint.as_directory() as path:
                 state = read_checkpoint(path)
-        fit(spec, reporter=TuneReporter(), resume_state=state)
+        fit(spec, reporter=TuneReporter(), resume_state=state, memory_limit_mb=cfg.memory_per_worker_mb)
         return
     from ray.tune.integration.ray_train import TuneReportCallback
 
