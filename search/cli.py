@@ -20,25 +20,6 @@ __all__ = ["build_parser", "main"]
 EXIT_USAGE = 2
 
 
-_UNITS = {"": 1.0, "m": 1.0, "mb": 1.0, "mib": 1.0, "g": 1024.0, "gb": 1024.0, "gib": 1024.0}
-
-
-def memory_mb(text: str) -> float:
-    """``--memory-per-worker``: ``1500``, ``1500M``, ``4G``, ``4GiB`` -> MB (binary units, as Ray and ``free -m``)."""
-    import re
-
-    m = re.fullmatch(r"\s*([0-9_.]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*", text)
-    unit = m.group(2).lower() if m else None
-    try:
-        value = float(m.group(1)) * _UNITS[unit] if m else float("nan")
-    except (KeyError, ValueError):
-        value = float("nan")
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"`memory_per_worker` must be a positive size in MB or with a unit M or G "
-                                         f"(1500, 1500M, 4G), but got {text!r}")
-    return value
-
-
 def _fields_help(title: str, cls: type) -> str:
     rows = describe_fields(cls)
     width = max(len(r[0]) for r in rows)
@@ -78,7 +59,7 @@ def _add_resource_args(p: argparse.ArgumentParser) -> None:
                    help="CPUs each worker holds, = its torch threads (default: on this machine, its CPUs shared by the "
                         "trials that run at once; with --address, 1)")
     p.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs each worker holds (0 = CPU, gloo)")
-    p.add_argument("--memory-per-worker", type=memory_mb, default=None, metavar="SIZE",
+    p.add_argument("--memory-per-worker", default=None, metavar="SIZE",
                    help="memory each worker holds and may use (MB, or with a unit: 1500M, 4G); a worker over it fails "
                         "with 'out of memory' and is retried per --max-failures (default: no limit)")
     p.add_argument("--address", default=address_from_env(), help=ADDRESS_HELP)

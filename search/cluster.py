@@ -29,6 +29,7 @@ __all__ = [
     "check_cluster_config",
     "check_feasible",
     "init_ray",
+    "parse_memory_mb",
     "validate_cluster_config",
 ]
 
@@ -135,6 +136,27 @@ class ClusterResources:
             for n in self.nodes
         ]
         return f"{len(self.nodes)} node(s): " + "; ".join(f"[{p}]" for p in parts)
+
+
+_UNITS = {"": 1.0, "m": 1.0, "mb": 1.0, "mib": 1.0, "g": 1024.0, "gb": 1024.0, "gib": 1024.0}
+
+
+def parse_memory_mb(text: str | float | None) -> float | None:
+    """``--memory-per-worker``: ``1500``, ``1500M``, ``4G``, ``4GiB`` -> MB (binary units, as Ray and ``free -m``)."""
+    import re
+
+    if text is None or isinstance(text, (int, float)):
+        value = None if text is None else float(text)
+    else:
+        m = re.fullmatch(r"\s*([0-9_]*\.?[0-9_]*(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*", text)
+        try:
+            value = float(m.group(1)) * _UNITS[m.group(2).lower()] if m else math.nan
+        except (KeyError, ValueError):
+            value = math.nan
+    if value is not None and not 0 < value < math.inf:
+        raise ConfigError(f"`memory_per_worker` must be a positive size in MB or with a unit M or G (1500, 1500M, "
+                          f"4G), but got memory_per_worker={text!r}")
+    return value
 
 
 def _available_memory() -> float:

@@ -106,10 +106,11 @@ def _cpus_per_worker(args: argparse.Namespace, *, trials: int = 1) -> float:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from search.cluster import ClusterResources, TrialResources, check_feasible
+    from search.cluster import ClusterResources, TrialResources, check_feasible, parse_memory_mb
     from trainables.trial import prepare_trial
 
-    resources = TrialResources(args.workers, _cpus_per_worker(args), args.gpus_per_worker, args.memory_per_worker)
+    resources = TrialResources(args.workers, _cpus_per_worker(args), args.gpus_per_worker,
+                               parse_memory_mb(args.memory_per_worker))
     spec = prepare_trial(
         args.method,
         _settings(args),
@@ -168,7 +169,7 @@ def _experiment_path(name: str, storage: str | None) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     import torch
 
-    from search.cluster import ClusterResources, init_ray
+    from search.cluster import ClusterResources, init_ray, parse_memory_mb
     from search.spec import SweepConfig, parse_objective, write_sweep_file
     from search.sweep import build_tuner, capacity, validate_sweep
     from spaces import load_space
@@ -197,7 +198,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         seed=args.seed,
         study_storage=args.study_storage,
         max_failures=args.max_failures,
-        memory_per_worker_mb=args.memory_per_worker,
+        memory_per_worker_mb=parse_memory_mb(args.memory_per_worker),
         pending_timeout_s=args.pending_timeout,
     )
     if cfg.is_local_storage and (Path(cfg.experiment_path) / SWEEP_FILE).exists():
