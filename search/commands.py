@@ -270,29 +270,17 @@ def _sweep_fault(cfg, error: Exception) -> int:
     """A sweep stopped by a :class:`search.watchdog.SweepFault` or a storage error from anywhere in ``fit``: one line
     on stderr and its exit code; anything else is re-raised (a bug: its traceback is wanted)."""
     from search.sweep import fail_orphaned_study_trials
-    from search.watchdog import EXIT_STORAGE, SweepFault, storage_error, storage_message
+    from search.watchdog import as_sweep_fault
 
-    fault = next((e for e in _chain(error) if isinstance(e, SweepFault)), None)
-    reason = storage_error(error)
-    if fault is None and reason is None:
+    fault = as_sweep_fault(error, name=cfg.name, where=cfg.experiment_path)
+    if fault is None:
         raise error
     try:  # as after Ctrl-C: the running trials' records are FAIL (csweep_orphaned) until resume continues them
         fail_orphaned_study_trials(cfg)
     except Exception:  # the study's storage may be the one that failed; resume marks them then
         pass
-    if fault is not None:
-        print(f"csweep: error: {fault}", file=sys.stderr)
-        return fault.exit_code
-    print(f"csweep: error: {storage_message(cfg.name, cfg.experiment_path, reason)}", file=sys.stderr)
-    return EXIT_STORAGE
-
-
-def _chain(error: BaseException):
-    seen: set[int] = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        yield error
-        error = error.__cause__ or error.__context__
+    print(f"csweep: error: {fault}", file=sys.stderr)
+    return fault.exit_code
 
 
 def cmd_resume(args: argparse.Namespace) -> int:

@@ -22,14 +22,15 @@ import errno
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ray.tune import Callback
 
 from search.cluster import amount_text
 
-__all__ = ["EXIT_STALLED", "EXIT_STORAGE", "SweepFault", "SweepWatchdog", "storage_error"]
+__all__ = ["EXIT_STALLED", "EXIT_STORAGE", "SweepFault", "SweepWatchdog", "as_sweep_fault", "exception_chain",
+           "probe_write", "storage_error", "storage_message"]
 
 #: Exit code of a sweep stopped because its storage could not be written (sysexits EX_IOERR).
 EXIT_STORAGE = 74
@@ -50,18 +51,34 @@ class SweepFault(Exception):
         self.exit_code = exit_code
 
 
-def storage_error(exc: BaseException | None) -> str | None:
-    """The first storage failure in ``exc``'s chain (cause and context), as ``ErrorName: message``, or None."""
+def exception_chain(exc: BaseException | None) -> Iterator[BaseException]:
+    """``exc``, then what caused it (``__cause__``, else ``__context__``), and so on."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
-            return f"{type(exc).__name__}: [Errno {exc.errno}] {exc.strerror}"
-        text = str(exc).splitlines()[0] if str(exc) else ""
-        if "OperationalError" in type(exc).__name__ and any(s in text.lower() for s in _SQLITE_STORAGE):
-            return f"{type(exc).__name__}: {text}"
+        yield exc
         exc = exc.__cause__ or exc.__context__
+
+
+def storage_error(exc: BaseException | None) -> str | None:
+    """The first storage failure in ``exc``'s chain, as ``ErrorName: message``, or None."""
+    for e in exception_chain(exc):
+        if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:
+            return f"{type(e).__name__}: [Errno {e.errno}] {e.strerror}"
+        text = str(e).splitlines()[0] if str(e) else ""
+        if "OperationalError" in type(e).__name__ and any(s in text.lower() for s in _SQLITE_STORAGE):
+            return f"{type(e).__name__}: {text}"
     return None
+
+
+def as_sweep_fault(exc: BaseException, *, name: str, where: str) -> SweepFault | None:
+    """The :class:`SweepFault` in ``exc``'s chain, or one made from a storage failure in it (exit 74); None when
+    ``exc`` is neither (a bug, whose traceback is wanted)."""
+    fault = next((e for e in exception_chain(exc) if isinstance(e, SweepFault)), None)
+    reason = storage_error(exc)
+    if fault is None and reason is not None:
+        fault = SweepFault(storage_message(name, where, reason), EXIT_STORAGE)
+    return fault
 
 
 def probe_write(directory: str | os.PathLike) -> None:

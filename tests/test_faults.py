@@ -20,7 +20,7 @@ import optuna
 import pytest
 from conftest import ROOT, kill_processes_with_env, run_cli
 
-from search.watchdog import EXIT_STALLED, EXIT_STORAGE, SweepFault, SweepWatchdog, storage_error
+from search.watchdog import EXIT_STALLED, EXIT_STORAGE, SweepFault, SweepWatchdog, as_sweep_fault, storage_error
 from trainables.memory import MemoryGuard, TrialOutOfMemory, rss_mb
 
 # -- the memory guard ------------------------------------------------------------------------------------------------
@@ -85,6 +85,10 @@ def test_storage_errors_are_recognised_through_the_exception_chain():
     assert storage_error(raised(ValueError("x"), sqlite)) == "OperationalError: database or disk is full"
     assert storage_error(raised(ValueError("x"), OSError(errno.ENOENT, "missing"))) is None
     assert storage_error(ValueError("unrelated")) is None
+    fault = as_sweep_fault(full, name="sw", where="/data/sw")
+    assert fault.exit_code == EXIT_STORAGE and str(fault).startswith(
+        "`storage_path`: cannot write to /data/sw (OSError: [Errno 28] No space left);")
+    assert as_sweep_fault(ValueError("a bug"), name="sw", where="/data/sw") is None
 
 
 def test_storage_probe_turns_a_write_failure_into_one_line(tmp_path):
@@ -182,8 +186,8 @@ def test_a_trial_whose_resources_never_appear_stops_the_sweep_within_its_timeout
 FULL_DISK_SCRIPT = r'''
 set -u
 mount -t tmpfs -o size=64m tmpfs "$STORE"
-"$PY" -m search.cli run quickstart --trials 3 --concurrency 1 --scheduler fifo --name full --storage-path "$STORE" \
-    --set epochs=2 --set probe_epochs=5 --set width=0.125 > "$OUT/run.out" 2> "$OUT/run.err" &
+"$PY" -m search.cli run quickstart --trials 2 --concurrency 1 --scheduler fifo --name full --storage-path "$STORE" \
+    --set epochs=1 --set probe_epochs=2 --set width=0.125 > "$OUT/run.out" 2> "$OUT/run.err" &
 pid=$!
 for i in $(seq 1200); do
     grep -qs '"finished": true' "$STORE"/full/trial_driver_*/result.json && break
@@ -242,7 +246,7 @@ def test_a_full_disk_mid_sweep_stops_with_one_line_and_resume_finishes(tmp_path)
     assert (out / "resume.rc").read_text().strip() == "0", (out / "resume.err").read_text()[-4000:]
     finished = [d for d in resumed.glob("trial_driver_*")
                 if any(json.loads(x).get("finished") for x in (d / "result.json").read_text().splitlines() if x.strip())]
-    assert len(finished) == 3
+    assert len(finished) == 2
     counted = [t for t in optuna.load_study(study_name="full", storage=f"sqlite:///{resumed / 'study.db'}").trials
                if not t.user_attrs.get("csweep_orphaned")]
-    assert len(counted) == 3 and all(t.state == optuna.trial.TrialState.COMPLETE for t in counted), counted
+    assert len(counted) == 2 and all(t.state == optuna.trial.TrialState.COMPLETE for t in counted), counted

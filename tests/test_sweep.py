@@ -292,6 +292,19 @@ def test_repeated_configuration_is_told_what_its_seeds_did(tmp_path):
     assert trials["c0"].state == State.COMPLETE and trials["c0"].value == pytest.approx(0.7)
 
 
+def test_repeats_of_a_real_sweep_are_one_complete_optuna_trial_per_configuration(sweep):
+    """The shared `--repeats 2` FIFO sweep: each configuration is one COMPLETE Optuna trial whose value is the mean
+    of its seeds' final kNN accuracy."""
+    reported = {}
+    for t in _tune_trials(sweep / "abl"):
+        reported.setdefault(t["config"]["lr"], []).append(t["results"][-1]["knn_top1"])
+    study = _study(sweep, "abl")
+    assert len(study.trials) == 2
+    for t in study.trials:
+        assert t.state == optuna.trial.TrialState.COMPLETE
+        assert len(reported[t.params["lr"]]) == 2 and t.value == pytest.approx(sum(reported[t.params["lr"]]) / 2)
+
+
 @pytest.mark.parametrize(("fixed_method", "config_method", "expected"), [
     ("supcon", None, "s3://bucket/csweep/sw/trial_driver_t1_supcon"),
     (None, "ce", "s3://bucket/csweep/sw/trial_driver_t1_ce"),
