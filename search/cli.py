@@ -59,6 +59,9 @@ def _add_resource_args(p: argparse.ArgumentParser) -> None:
                    help="CPUs each worker holds, = its torch threads (default: on this machine, its CPUs shared by the "
                         "trials that run at once; with --address, 1)")
     p.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs each worker holds (0 = CPU, gloo)")
+    p.add_argument("--memory-per-worker", default=None, metavar="SIZE",
+                   help="memory each worker holds and may use (MB, or with a unit: 1500M, 4G); a worker over it fails "
+                        "with 'out of memory' and is retried per --max-failures (default: no limit)")
     p.add_argument("--address", default=address_from_env(), help=ADDRESS_HELP)
     p.add_argument(
         "--storage-path",
@@ -178,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "value (no budget spent); only parameters both spaces sample are carried over")
     run.add_argument("--top", type=int, default=None, metavar="K",
                      help="with --warm-start: enqueue the K best earlier configurations as the first trials instead")
+    run.add_argument("--pending-timeout", type=float, default=600.0, metavar="SECONDS",
+                     help="stop the sweep (exit 75, resumable) when a trial has waited this long for resources while "
+                          "none of its trials ran (default 600)")
 
     resume = sub.add_parser(
         "resume",

@@ -24,10 +24,12 @@ __all__ = [
     "ClusterResources",
     "TrialResources",
     "address_from_env",
+    "amount_text",
     "autoscaler_node_types",
     "check_cluster_config",
     "check_feasible",
     "init_ray",
+    "parse_memory_mb",
     "validate_cluster_config",
 ]
 
@@ -43,16 +45,21 @@ RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2", "RAY_TRAIN_V2_ENABLED": "
 
 @dataclass(frozen=True)
 class TrialResources:
-    """What one trial needs: ``workers`` Train workers with ``cpus_per_worker`` CPUs and ``gpus_per_worker`` GPUs."""
+    """What one trial needs: ``workers`` Train workers with ``cpus_per_worker`` CPUs and ``gpus_per_worker`` GPUs,
+    and, when ``memory_mb`` is given, that much of Ray's ``memory`` resource each (also the limit each worker's
+    :class:`trainables.memory.MemoryGuard` enforces)."""
 
     workers: int = 1
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
+    memory_mb: float | None = None
 
     def __post_init__(self) -> None:
         check_range("workers", self.workers, low=1)
         check_range("cpus_per_worker", self.cpus_per_worker, low=0.0, low_inclusive=False)
         check_range("gpus_per_worker", self.gpus_per_worker, low=0.0)
+        if self.memory_mb is not None:
+            check_range("memory_per_worker", self.memory_mb, low=0.0, low_inclusive=False)
         g = self.gpus_per_worker
         if g > 1 and g != int(g) or 0 < g < 1e-4:  # Ray shares a GPU by fractions below 1, at 1e-4 resolution
             raise ConfigError("`gpus_per_worker` must be a whole number of GPUs or a fraction of one GPU "
@@ -69,6 +76,8 @@ class TrialResources:
         bundle = {"CPU": self.cpus_per_worker}
         if self.gpus_per_worker:
             bundle["GPU"] = self.gpus_per_worker
+        if self.memory_mb is not None:
+            bundle["memory"] = self.memory_mb * 2**20  # Ray counts memory in bytes
         return bundle
 
 
@@ -116,17 +125,57 @@ class ClusterResources:
 
     @classmethod
     def local(cls, num_cpus: int | None = None, num_gpus: int | None = None) -> ClusterResources:
-        return cls(({"CPU": float(num_cpus or os.cpu_count() or 1), "GPU": float(num_gpus or 0)},))
+        """This machine as a local Ray will see it; ``memory`` as Ray sizes it (available memory less its object
+        store, which takes 30 % of it)."""
+        return cls(({"CPU": float(num_cpus or os.cpu_count() or 1), "GPU": float(num_gpus or 0),
+                     "memory": 0.7 * _available_memory()},))
 
     def total(self, key: str) -> float:
         return sum(n.get(key, 0.0) for n in self.nodes)
 
     def describe(self) -> str:
         parts = [
-            ", ".join(f"{v:g} {k}" for k, v in sorted(n.items()) if k in ("CPU", "GPU"))
+            ", ".join(amount_text(k, v) for k, v in sorted(n.items()) if k in ("CPU", "GPU", "memory"))
             for n in self.nodes
         ]
         return f"{len(self.nodes)} node(s): " + "; ".join(f"[{p}]" for p in parts)
+
+
+_UNITS = {"": 1.0, "m": 1.0, "mb": 1.0, "mib": 1.0, "g": 1024.0, "gb": 1024.0, "gib": 1024.0}
+
+
+def parse_memory_mb(text: str | float | None) -> float | None:
+    """``--memory-per-worker``: ``1500``, ``1500M``, ``4G``, ``4GiB`` -> MB (binary units, as Ray and ``free -m``)."""
+    import re
+
+    if text is None or isinstance(text, (int, float)):
+        value = None if text is None else float(text)
+    else:
+        m = re.fullmatch(r"\s*([0-9_]*\.?[0-9_]*(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*", text)
+        try:
+            value = float(m.group(1)) * _UNITS[m.group(2).lower()] if m else math.nan
+        except (KeyError, ValueError):
+            value = math.nan
+    if value is not None and not 0 < value < math.inf:
+        raise ConfigError(f"`memory_per_worker` must be a positive size in MB or with a unit M or G (1500, 1500M, "
+                          f"4G), but got memory_per_worker={text!r}")
+    return value
+
+
+def _available_memory() -> float:
+    """Bytes of memory available to new processes (``MemAvailable``, as Ray reads it; else the free pages)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def amount_text(key: str, value: float) -> str:
+    """``2 CPU``, ``1 GPU``, ``4096 MB memory`` (Ray counts memory in bytes)."""
+    return f"{value / 2**20:.0f} MB memory" if key == "memory" else f"{value:g} {key}"
 
 
 def default_cpus_per_worker(*, workers: int, node_cpus: float, trials: int = 1,
@@ -147,7 +196,7 @@ def check_feasible(need: TrialResources, cluster: ClusterResources, *, autoscali
     cluster = cluster.at_peak()
     bundle = need.worker_bundle
     fits = [n for n in cluster.nodes if all(n.get(k, 0.0) >= v for k, v in bundle.items())]
-    asked = f"{need.workers} worker(s) x {{{', '.join(f'{v:g} {k}' for k, v in bundle.items())}}}"
+    asked = f"{need.workers} worker(s) x {{{', '.join(amount_text(k, v) for k, v in bundle.items())}}}"
     if not fits:
         raise ConfigError(
             f"`resources` cannot be met: one trial asks for {asked}, but no node has that much; "

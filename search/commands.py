@@ -117,10 +117,11 @@ def _cpus_per_worker(args: argparse.Namespace, *, trials: int = 1) -> float:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from search.cluster import ClusterResources, TrialResources, check_feasible
+    from search.cluster import ClusterResources, TrialResources, check_feasible, parse_memory_mb
     from trainables.trial import prepare_trial
 
-    resources = TrialResources(args.workers, _cpus_per_worker(args), args.gpus_per_worker)
+    resources = TrialResources(args.workers, _cpus_per_worker(args), args.gpus_per_worker,
+                               parse_memory_mb(args.memory_per_worker))
     spec = prepare_trial(
         args.method,
         _settings(args),
@@ -181,7 +182,7 @@ def _experiment_path(name: str, storage: str | None) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     import torch
 
-    from search.cluster import ClusterResources, init_ray
+    from search.cluster import ClusterResources, init_ray, parse_memory_mb
     from search.spec import SweepConfig, parse_objective, write_sweep_file
     from search.sweep import build_tuner, capacity, validate_sweep
     from spaces import load_space
@@ -211,6 +212,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         study_storage=args.study_storage,
         max_failures=args.max_failures,
         perturbation_interval=args.perturbation_interval,
+        memory_per_worker_mb=parse_memory_mb(args.memory_per_worker),
+        pending_timeout_s=args.pending_timeout,
     )
     if cfg.is_local_storage and (Path(cfg.experiment_path) / SWEEP_FILE).exists():
         raise UsageError(
@@ -306,8 +309,11 @@ def _fit_and_report(cfg, make_tuner) -> int:
     obj = cfg.objective[0]
     table = ProgressTable(fixed_method=cfg.fixed.get("method"), total=cfg.trials * cfg.repeats, metric=obj.metric,
                           mode=obj.mode)
-    results = make_tuner([table]).fit()
-    orphans = fail_orphaned_study_trials(cfg)
+    try:
+        results = make_tuner([table, _watchdog(cfg)]).fit()
+        orphans = fail_orphaned_study_trials(cfg)
+    except Exception as e:
+        return _sweep_fault(cfg, e)
     print_leaderboard(cfg, [result_row(r) for r in results])
     if len(cfg.objective) > 1:
         print_pareto(cfg)
@@ -321,6 +327,31 @@ def _fit_and_report(cfg, make_tuner) -> int:
     if orphans:
         print(f"csweep: marked {orphans} Optuna trial(s) left RUNNING by an earlier crash as FAIL", file=sys.stderr)
     return 0 if any(r.error is None for r in results) else 1
+
+
+def _watchdog(cfg):
+    """The callback that stops a sweep whose trials wait forever or whose storage refuses writes (exit 75 / 74)."""
+    from search.watchdog import SweepWatchdog
+
+    local = cfg.experiment_path.removeprefix("file://") if cfg.is_local_storage else None
+    return SweepWatchdog(name=cfg.name, pending_timeout_s=cfg.pending_timeout_s, experiment_dir=local)
+
+
+def _sweep_fault(cfg, error: Exception) -> int:
+    """A sweep stopped by a :class:`search.watchdog.SweepFault` or a storage error from anywhere in ``fit``: one line
+    on stderr and its exit code; anything else is re-raised (a bug: its traceback is wanted)."""
+    from search.sweep import fail_orphaned_study_trials
+    from search.watchdog import as_sweep_fault
+
+    fault = as_sweep_fault(error, name=cfg.name, where=cfg.experiment_path)
+    if fault is None:
+        raise error
+    try:  # as after Ctrl-C: the running trials' records are FAIL (csweep_orphaned) until resume continues them
+        fail_orphaned_study_trials(cfg)
+    except Exception:  # the study's storage may be the one that failed; resume marks them then
+        pass
+    print(f"csweep: error: {fault}", file=sys.stderr)
+    return fault.exit_code
 
 
 def cmd_resume(args: argparse.Namespace) -> int:

@@ -78,7 +78,8 @@ class RayTrainReporter:
 
 
 def train_worker(config: dict[str, Any]) -> None:
-    """Entry point of every Ray Train worker. ``config = {"settings": TrialSpec.flat(), "cpus_per_worker": c}``."""
+    """Entry point of every Ray Train worker. ``config = {"settings": TrialSpec.flat(), "cpus_per_worker": c,
+    "memory_limit_mb": m}`` (``m``: the worker's RSS limit, or None)."""
     import ray.train
 
     from trainables.loop import fit
@@ -97,7 +98,7 @@ def train_worker(config: dict[str, Any]) -> None:
         schedule = {int(e): s for e, s in config["schedule"].items()}
         fit_schedule(spec, schedule, reporter=RayTrainReporter(), resume_state=state)
         return
-    fit(spec, reporter=RayTrainReporter(), resume_state=state)
+    fit(spec, reporter=RayTrainReporter(), resume_state=state, memory_limit_mb=config.get("memory_limit_mb"))
 
 
 class ProgressCallback(UserCallback):
@@ -159,6 +160,7 @@ def build_trainer(
     return TorchTrainer(
         train_worker,
         train_loop_config={"settings": spec.flat(), "cpus_per_worker": resources.cpus_per_worker,
+                           "memory_limit_mb": resources.memory_mb,
                            **({"schedule": schedule} if schedule else {})},
         scaling_config=ScalingConfig(
             num_workers=resources.workers,

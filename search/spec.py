@@ -126,6 +126,8 @@ class SweepConfig:
     study_storage: str | None = None  # Optuna storage URL; None: SQLite file in the experiment directory
     max_failures: int = 1  # Tune retries of a failed trial (from its last checkpoint)
     perturbation_interval: int | None = None  # pbt/pb2: epochs between exploit/explore steps (None: 10 % of epochs)
+    memory_per_worker_mb: float | None = None  # Ray `memory` resource and RSS limit per worker; None: no limit
+    pending_timeout_s: float = 600.0  # a trial pending this long while none of the sweep runs stops the sweep
 
     def __post_init__(self) -> None:
         check_range("trials", self.trials, low=1)
@@ -144,6 +146,7 @@ class SweepConfig:
             raise ConfigError(f"`executor=inline` runs one worker per trial, but got executor=inline, "
                               f"workers={self.workers}; use --executor train (or auto) for several workers")
         check_range("max_failures", self.max_failures, low=0)
+        check_range("pending_timeout", self.pending_timeout_s, low=0.0, low_inclusive=False)
         if not self.name or "/" in self.name:
             raise ConfigError(f"`name` must be a non-empty name without '/', but got name={self.name!r}")
         if self.repeats > 1 and len(self.objective) > 1:
@@ -174,7 +177,7 @@ class SweepConfig:
     # -- derived -------------------------------------------------------------------------------------------------------
     @property
     def resources(self) -> TrialResources:
-        return TrialResources(self.workers, self.cpus_per_worker, self.gpus_per_worker)
+        return TrialResources(self.workers, self.cpus_per_worker, self.gpus_per_worker, self.memory_per_worker_mb)
 
     @property
     def resolved_executor(self) -> str:

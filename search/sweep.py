@@ -17,6 +17,7 @@ import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from search.cluster import DRIVER_RESOURCE, ClusterResources, check_feasible
@@ -115,7 +116,7 @@ def trial_driver(config: dict[str, Any], sweep: dict[str, Any]) -> None:
             reporter = TuneReporter({k: config[k] for k in perturbed if k in config}, trial_id=trial_id,
                                     cloned_from=donor if donor not in (None, trial_id) else None,
                                     history=state.get("csweep_history") if state is not None else None)
-        fit(spec, reporter=reporter, resume_state=state)
+        fit(spec, reporter=reporter, resume_state=state, memory_limit_mb=cfg.memory_per_worker_mb)
         return
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -312,13 +313,13 @@ def _searcher(cfg: SweepConfig, space):
     import functools
 
     import optuna
-    from ray.tune.search import Repeater
 
     metrics = [o.metric for o in cfg.objective]
     modes = [o.mode for o in cfg.objective]
     _make_default_study_dir(cfg)
     searcher = _study_search_class()(
         experiment_path=cfg.experiment_path,
+        fixed_method=cfg.fixed.get("method"),
         space=functools.partial(space.space, fixed=dict(cfg.fixed)),
         metric=metrics[0] if len(metrics) == 1 else metrics,
         mode=modes[0] if len(modes) == 1 else modes,
@@ -328,8 +329,59 @@ def _searcher(cfg: SweepConfig, space):
         storage=optuna.storages.RDBStorage(cfg.study_url),
     )
     if cfg.repeats > 1:
-        return Repeater(searcher, repeat=cfg.repeats, set_index=True)
+        return _seed_repeater_class()(searcher, repeat=cfg.repeats, set_index=True)
     return searcher
+
+
+@functools.cache
+def _seed_repeater_class():
+    """Tune's ``Repeater`` (``--repeats``: K seeds of one configuration, one Optuna trial) telling Optuna what the
+    seeds did, not only their mean.
+
+    Tune's Repeater passes the inner searcher only ``{metric: nanmean of the seeds' last values}``: a configuration
+    whose seeds the scheduler stopped early, or one of whose seeds errored (diverged), was told COMPLETE with that
+    mean, ranked beside configurations whose every seed ran to the end. Here the group's outcome is: any seed
+    errored -> FAIL (``csweep_error`` from that seed's ``error.txt``); else any seed stopped early -> PRUNED, with the
+    mean of the seeds' last values reported at the smallest epoch they reached; else COMPLETE with the mean. Optuna
+    gets no per-epoch intermediate values for repeated configurations (the seeds' epochs are not aligned in time).
+    """
+    import numpy as np
+    from ray.tune.search import Repeater
+
+    class SeedRepeater(Repeater):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._last: dict[str, dict] = {}  # trial id -> its last result (kept in the searcher's saved state)
+            self._errored: list[str] = []
+
+        def on_trial_result(self, trial_id: str, result: dict) -> None:
+            self._last[trial_id] = {k: result[k] for k in ("epoch", "finished", self.searcher.metric) if k in result}
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False, **kwargs):
+            group = self._trial_id_to_group.get(trial_id)
+            if group is None:
+                return super().on_trial_complete(trial_id, result, error=error, **kwargs)
+            if result:
+                self.on_trial_result(trial_id, result)
+            if error:
+                self._errored.append(trial_id)
+            metric = self.searcher.metric
+            last = self._last.get(trial_id, {})
+            group.report(trial_id, last.get(metric, np.nan) if not error else np.nan)
+            if not group.finished_reporting():
+                return None
+            ids = [t for t, g in self._trial_id_to_group.items() if g is group]
+            lasts = [self._last.get(t, {}) for t in ids]
+            errored = [t for t in ids if t in self._errored]
+            values = [x[metric] for x in lasts if metric in x]
+            combined = {metric: float(np.mean(values))} if values else {}
+            epochs = [x["epoch"] for x in lasts if "epoch" in x]
+            if epochs:
+                combined.update(epoch=min(epochs), finished=all(x.get("finished") for x in lasts))
+            return self.searcher.on_trial_complete(group.primary_trial_id, result=combined, error=bool(errored),
+                                                   error_trial_id=errored[0] if errored else None)
+
+    return SeedRepeater
 
 
 @functools.cache
@@ -349,14 +401,21 @@ def _study_search_class():
     State = optuna.trial.TrialState
 
     class StudySearch(OptunaSearch):
-        def __init__(self, *args, experiment_path: str, **kwargs):
+        def __init__(self, *args, experiment_path: str, fixed_method: str | None = None, **kwargs):
             super().__init__(*args, **kwargs)
             self._experiment_path = experiment_path
+            self._fixed_method = fixed_method
 
         def suggest(self, trial_id: str):
             config = super().suggest(trial_id)
             if trial_id in self._ot_trials:
-                self._ot_trials[trial_id].set_user_attr("tune_trial_id", trial_id)
+                ot_trial = self._ot_trials[trial_id]
+                ot_trial.set_user_attr("tune_trial_id", trial_id)
+                if "://" in self._experiment_path.removeprefix("file://") and isinstance(config, dict):
+                    # remote storage (s3://, gs://): the directory is known from the id and the method, not found
+                    name = trial_dirname(SimpleNamespace(trial_id=trial_id, config=config),
+                                         fixed_method=self._fixed_method)
+                    ot_trial.set_user_attr("tune_trial_dir", f"{self._experiment_path.rstrip('/')}/{name}")
             return config
 
         def _trial_dir(self, trial_id: str) -> Path | None:
@@ -427,7 +486,10 @@ def _study_search_class():
             if step not in self._ot_study._storage.get_trial(ot_trial._trial_id).intermediate_values:
                 ot_trial.report(float(result[self.metric]), step)
 
-        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False,
+                              error_trial_id: str | None = None) -> None:
+            """``error_trial_id``: the Tune trial whose ``error.txt`` names the error (a seed of ``--repeats``;
+            default ``trial_id`` itself)."""
             if trial_id not in self._ot_trials or trial_id in self._completed_trials:
                 return super().on_trial_complete(trial_id, result, error)
             path = self._note_dir(trial_id)
@@ -435,7 +497,10 @@ def _study_search_class():
             if ot_trial is None:  # told before the driver died
                 return None
             if error:
-                reason = _error_line(path) or _error_line(self._staged_dir(trial_id))
+                failed = error_trial_id or trial_id
+                if failed != trial_id:
+                    path = self._trial_dir(failed)
+                reason = _error_line(path) or _error_line(self._staged_dir(failed))
                 if reason:
                     ot_trial.set_user_attr("csweep_error", reason)
                 state = State.FAIL

@@ -55,6 +55,10 @@ BAD = [
     (["train", "supcon", "--set", "amp=fp16"], "needs GPUs"),
     (["train", "supcon", "--preset", "nope"], "`preset` must be one of"),
     (["train", "supcon", "--max-failures", "-1"], "`max_failures` must be >= 0"),
+    (["train", "supcon", "--memory-per-worker", "4X"], "`memory_per_worker` must be a positive size in MB or with a "
+     "unit M or G (1500, 1500M, 4G), but got memory_per_worker='4X'"),
+    (["train", "supcon", "--memory-per-worker", "0"], "`memory_per_worker` must be a positive size"),
+    (["train", "supcon", "--memory-per-worker", "1000000G"], "no node has that much"),
     (["train", "supcon", "--address", "127.0.0.1:1"], "`address` '127.0.0.1:1' cannot be reached"),
     # csweep run
     (["run", "nope"], "`space` must be one of"),
@@ -78,6 +82,9 @@ BAD = [
     (["run", "supcon", "--grace-period", "5", "--epochs", "2"],
      "`grace_period <= epochs` must hold, but got grace_period=5, epochs=2"),
     (["run", "supcon", "--max-failures", "-1"], "`0 <= max_failures`"),
+    (["run", "supcon", "--memory-per-worker", "0.0G"], "`memory_per_worker` must be a positive size"),
+    (["run", "supcon", "--memory-per-worker", "1000000G"], "no node has that much"),
+    (["run", "supcon", "--pending-timeout", "0"], "`0.0 < pending_timeout` must hold"),
     (["run", "supcon", "--name", "a/b"], "`name` must be a non-empty name without '/'"),
     (["run", "supcon", "--executor", "inline", "--workers", "2"], "`executor=inline` runs one worker per trial, but "
      "got executor=inline, workers=2"),

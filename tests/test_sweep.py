@@ -258,6 +258,76 @@ def _lr_space(trial):
     trial.suggest_float("lr", 0.01, 1.0, log=True)
 
 
+def test_repeated_configuration_is_told_what_its_seeds_did(tmp_path):
+    """--repeats: Tune's Repeater told Optuna COMPLETE with the mean whatever the seeds did; the study now gets
+    PRUNED when a seed was stopped early (mean of the last values at the smallest epoch), FAIL with the error of a
+    seed that errored, COMPLETE with the mean when every seed ran to the end."""
+    from search.sweep import _seed_repeater_class, _study_search_class
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'study.db'}")
+    inner = _study_search_class()(
+        experiment_path=str(tmp_path), space=_lr_space, metric="knn_top1", mode="max", study_name="rep",
+        storage=storage, sampler=optuna.samplers.RandomSampler(seed=0))
+    rep = _seed_repeater_class()(inner, repeat=2, set_index=True)
+    for tid in ("a0", "a1", "b0", "b1", "c0", "c1"):
+        assert rep.suggest(tid)["__trial_index__"] == int(tid[1])
+        (tmp_path / f"trial_driver_{tid}_supcon").mkdir()
+    done = {"epoch": 4, "knn_top1": 0.8, "finished": True}
+    rep.on_trial_result("a0", done)
+    rep.on_trial_complete("a0", done)
+    rep.on_trial_result("a1", {"epoch": 2, "knn_top1": 0.4, "finished": False})
+    rep.on_trial_complete("a1", {"epoch": 2, "knn_top1": 0.4, "finished": False})  # ASHA stopped this seed
+    rep.on_trial_complete("b0", done)
+    (tmp_path / "trial_driver_b1_supcon" / "error.txt").write_text(
+        "Failure # 1\nFloatingPointError: loss is nan at epoch 1, step 4: the trial diverged\n")
+    rep.on_trial_complete("b1", None, error=True)
+    rep.on_trial_complete("c0", done)
+    rep.on_trial_complete("c1", {**done, "knn_top1": 0.6})
+    trials = {t.user_attrs["tune_trial_id"]: t for t in optuna.load_study(study_name="rep", storage=storage).trials}
+    State = optuna.trial.TrialState
+    assert set(trials) == {"a0", "b0", "c0"}  # one Optuna trial per configuration: its first seed's id
+    assert trials["a0"].state == State.PRUNED and trials["a0"].value == pytest.approx(0.6)
+    assert trials["a0"].intermediate_values == {2: pytest.approx(0.6)}
+    assert trials["b0"].state == State.FAIL
+    assert trials["b0"].user_attrs["csweep_error"].startswith("FloatingPointError: loss is nan at epoch 1, step 4")
+    assert trials["c0"].state == State.COMPLETE and trials["c0"].value == pytest.approx(0.7)
+
+
+def test_repeats_of_a_real_sweep_are_one_complete_optuna_trial_per_configuration(sweep):
+    """The shared `--repeats 2` FIFO sweep: each configuration is one COMPLETE Optuna trial whose value is the mean
+    of its seeds' final kNN accuracy."""
+    reported = {}
+    for t in _tune_trials(sweep / "abl"):
+        reported.setdefault(t["config"]["lr"], []).append(t["results"][-1]["knn_top1"])
+    study = _study(sweep, "abl")
+    assert len(study.trials) == 2
+    for t in study.trials:
+        assert t.state == optuna.trial.TrialState.COMPLETE
+        assert len(reported[t.params["lr"]]) == 2 and t.value == pytest.approx(sum(reported[t.params["lr"]]) / 2)
+
+
+@pytest.mark.parametrize(("fixed_method", "config_method", "expected"), [
+    ("supcon", None, "s3://bucket/csweep/sw/trial_driver_t1_supcon"),
+    (None, "ce", "s3://bucket/csweep/sw/trial_driver_t1_ce"),
+])
+def test_tune_trial_dir_of_remote_storage_is_the_trial_uri(tmp_path, fixed_method, config_method, expected):
+    """s3:// storage (no network here): the Optuna trial's ``tune_trial_dir`` is the trial's URI, named as Tune names
+    it (``trial_dirname``), set when the trial is suggested."""
+    from search.sweep import _study_search_class
+
+    def space(trial):
+        trial.suggest_float("lr", 0.01, 1.0, log=True)
+        return {"method": config_method} if config_method else None
+
+    search = _study_search_class()(
+        experiment_path="s3://bucket/csweep/sw/", fixed_method=fixed_method, space=space, metric="knn_top1",
+        mode="max", study_name="s3", storage=optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'study.db'}"),
+        sampler=optuna.samplers.RandomSampler(seed=0))
+    search.suggest("t1")
+    (trial,) = optuna.load_study(study_name="s3", storage=f"sqlite:///{tmp_path / 'study.db'}").trials
+    assert trial.user_attrs["tune_trial_dir"] == expected
+
+
 DIVERGING_SPACE = '''
 FIXED = {"method": "supcon", "epochs": 2, "probe_epochs": 2, "width": 0.125, "batch_size": 128}
 POINTS_TO_EVALUATE = [{"lr": 1e12}, {"lr": 0.1}]

@@ -31,6 +31,7 @@ from trainables import distributed
 from trainables.config import ConfigError, TrainConfig
 from trainables.data import ImageData, load_dataset
 from trainables.data.augment import AugmentConfig, BatchAugment, eval_transform
+from trainables.memory import MemoryGuard
 from trainables.methods import Batch, Method, RunShape, get_method, unwrap
 from trainables.metrics import seed_probe_metric
 from trainables.nets.syncbn import convert_sync_batchnorm
@@ -246,6 +247,7 @@ class _Run:
     progress: _Progress
     generator: torch.Generator
     warmup_steps: int  # steps left out of the timings (torch.compile's compilation)
+    memory: MemoryGuard = field(default_factory=lambda: MemoryGuard(None))  # the worker's memory limit
 
     def lr(self, step: int) -> float:
         return lr_at(step, self.spec.train, steps_per_epoch=self.shape.steps_per_epoch,
@@ -333,6 +335,7 @@ def _train_epoch(run: _Run, epoch: int) -> dict[str, Any]:
         run.scaler.step(run.optimizer)
         run.scaler.update()
         progress.step += 1
+        run.memory.check(f"epoch {epoch}, step {progress.step}")
         method.after_step(run.ddp_model, step=progress.step)
         loss_sum += loss.detach().float()
         for k, v in logs.items():
@@ -391,6 +394,7 @@ def fit(
     data: ImageData | None = None,
     device: torch.device | None = None,
     stop_after_epoch: int | None = None,
+    memory_limit_mb: float | None = None,
 ) -> dict[str, Any]:
     """Train ``spec`` and return the metrics of the last epoch (final probes included when training finished).
 
@@ -401,21 +405,26 @@ def fit(
         data: an already-loaded dataset (default: ``load_data(spec.train)``, the node-level cache).
         device: default CUDA (``LOCAL_RANK``) when available, else CPU.
         stop_after_epoch: stop (without final probes) after this epoch; used to simulate an interruption.
+        memory_limit_mb: this worker's resident memory limit (``trainables.memory``): over it, the run raises
+            ``TrialOutOfMemory`` at the next step or evaluation; None = no limit.
     """
-    run = _setup(spec, data=data, device=device, resume_state=resume_state)
-    last: dict[str, Any] = {}
-    for epoch in range(run.progress.epoch + 1, spec.train.epochs + 1):
-        trained = _train_epoch(run, epoch)
-        run.progress.epoch = epoch
-        last = _epoch_report(run, epoch, trained)
-        stopping = stop_after_epoch is not None and epoch >= stop_after_epoch
-        if reporter is not None:
-            keep = checkpoint_due(spec.train, epoch) or stopping
-            state = (_state(spec, run.model, run.optimizer, run.scaler, run.method, run.progress)
-                     if keep and distributed.rank() == 0 else None)
-            reporter.report(last, state)
-        if stopping:
-            break
+    with MemoryGuard(memory_limit_mb) as guard:
+        run = _setup(spec, data=data, device=device, resume_state=resume_state)
+        run.memory = guard
+        last: dict[str, Any] = {}
+        for epoch in range(run.progress.epoch + 1, spec.train.epochs + 1):
+            trained = _train_epoch(run, epoch)
+            run.progress.epoch = epoch
+            last = _epoch_report(run, epoch, trained)
+            guard.check(f"epoch {epoch}'s evaluation")
+            stopping = stop_after_epoch is not None and epoch >= stop_after_epoch
+            if reporter is not None:
+                keep = checkpoint_due(spec.train, epoch) or stopping
+                state = (_state(spec, run.model, run.optimizer, run.scaler, run.method, run.progress)
+                         if keep and distributed.rank() == 0 else None)
+                reporter.report(last, state)
+            if stopping:
+                break
     return last
 
 
