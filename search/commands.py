@@ -395,6 +395,10 @@ def _print_early_rank(path: str, cfg) -> None:
     from search.printing import early_rank_report
 
     print()
+    if "://" in path:  # the tables read local experiment directories (analysis/tune_files.py)
+        print(f"early-stopping trust: not computed for remote storage; copy {path} to a local directory and run "
+              f"`csweep status` or `csweep tables` there")
+        return
     print(early_rank_report(build_tables(path).early_rank, cfg))
 
 

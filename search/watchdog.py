@@ -19,6 +19,7 @@ storage failure raised from anywhere else in ``fit`` (Tune's own snapshot, the S
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import tempfile
 import time
@@ -57,7 +58,8 @@ def exception_chain(exc: BaseException | None) -> Iterator[BaseException]:
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         yield exc
-        exc = exc.__cause__ or exc.__context__
+        cause = getattr(exc, "cause", None)  # Ray's RayTaskError keeps the worker's exception there
+        exc = exc.__cause__ or exc.__context__ or (cause if isinstance(cause, BaseException) else None)
 
 
 def storage_error(exc: BaseException | None) -> str | None:
@@ -93,6 +95,22 @@ def probe_write(directory: str | os.PathLike) -> None:
         os.unlink(path)
 
 
+class _StorageFailureFilter(logging.Filter):
+    """Drops Tune's "Trial task failed" record (a Ray traceback) when the trial failed on the storage, keeping the
+    reason: the watchdog then stops the sweep with one line instead."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reason: str | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        reason = storage_error(record.exc_info[1] if record.exc_info else None)
+        if reason is None:
+            return True
+        self.reason = self.reason or reason
+        return False
+
+
 class SweepWatchdog(Callback):
     """Stop the sweep with a :class:`SweepFault` when a trial waits too long or the storage refuses writes.
 
@@ -109,6 +127,16 @@ class SweepWatchdog(Callback):
         self.clock = clock
         self._idle_since: float | None = None
         self._last_probe = float("-inf")
+        self._trial_failures = _StorageFailureFilter()
+
+    def setup(self, **info) -> None:
+        logging.getLogger("ray.tune.execution.tune_controller").addFilter(self._trial_failures)
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        """A trial that failed writing to the storage stops the sweep (its traceback was filtered out)."""
+        if self._trial_failures.reason is not None:
+            where = self.experiment_dir or "the storage path"
+            raise SweepFault(storage_message(self.name, where, self._trial_failures.reason), EXIT_STORAGE)
 
     def on_step_begin(self, iteration: int, trials: list, **info) -> None:
         now = self.clock()

@@ -63,7 +63,7 @@ BAD = [
     # csweep run
     (["run", "nope"], "`space` must be one of"),
     (["run", "supcon", "--sampler", "annealing"], "`sampler` must be one of tpe, random, cmaes, gp, nsga2"),
-    (["run", "supcon", "--scheduler", "pbt"], "`scheduler` must be one of asha, hyperband, fifo"),
+    (["run", "supcon", "--scheduler", "median"], "`scheduler` must be one of asha, hyperband, fifo, pbt, pb2"),
     (["run", "supcon", "--set", "tau=1"], "unknown setting `tau`"),
     (["run", "ce", "--set", "temperature=0.1"], "`temperature` is not a setting of ce"),
     (["run", "supcon", "--set", "method=byol"], "`method` must be one of"),
