@@ -95,6 +95,9 @@ def probe_write(directory: str | os.PathLike) -> None:
         os.unlink(path)
 
 
+_TUNE_CONTROLLER_LOGGER = "ray.tune.execution.tune_controller"
+
+
 class _StorageFailureFilter(logging.Filter):
     """Drops Tune's "Trial task failed" record (a Ray traceback) when the trial failed on the storage, keeping the
     reason: the watchdog then stops the sweep with one line instead."""
@@ -130,7 +133,10 @@ class SweepWatchdog(Callback):
         self._trial_failures = _StorageFailureFilter()
 
     def setup(self, **info) -> None:
-        logging.getLogger("ray.tune.execution.tune_controller").addFilter(self._trial_failures)
+        logging.getLogger(_TUNE_CONTROLLER_LOGGER).addFilter(self._trial_failures)
+
+    def on_experiment_end(self, trials: list, **info) -> None:
+        logging.getLogger(_TUNE_CONTROLLER_LOGGER).removeFilter(self._trial_failures)
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
         """A trial that failed writing to the storage stops the sweep (its traceback was filtered out)."""
