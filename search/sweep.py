@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import os
 import re
 import tempfile
@@ -35,6 +36,8 @@ __all__ = [
     "trial_name",
     "validate_sweep",
 ]
+
+logger = logging.getLogger(__name__)
 
 
 def _spec(fixed: Mapping[str, Any], sampled: Mapping[str, Any]) -> TrialSpec:
@@ -437,6 +440,19 @@ def _study_search_class():
             found = sorted(session.glob(f"artifacts/*/{name}/driver_artifacts/trial_driver_{trial_id}_*"))
             return found[-1] if found else None
 
+        def _known(self, trial_id: str) -> bool:
+            """Whether ``trial_id`` has an Optuna trial. A trial that Tune restored but the searcher's snapshot
+            predates (the driver died between suggesting it and the next snapshot) is found again by the
+            ``tune_trial_id`` that :meth:`suggest` wrote to the study as it asked."""
+            if trial_id in self._ot_trials:
+                return True
+            found = [t for t in self._ot_study.get_trials(deepcopy=False)
+                     if t.user_attrs.get("tune_trial_id") == trial_id]
+            if not found:
+                return False
+            self._ot_trials[trial_id] = optuna.Trial(self._ot_study, found[-1]._trial_id)
+            return True
+
         def _live(self, trial_id: str):
             """The Optuna trial of ``trial_id``, still open: one that an interrupted driver marked FAIL
             (``fail_orphaned_study_trials``) and that a resumed sweep now continues gets a RUNNING copy (params,
@@ -472,7 +488,7 @@ def _study_search_class():
             return path
 
         def on_trial_result(self, trial_id: str, result: dict) -> None:
-            if trial_id not in self._ot_trials or trial_id in self._completed_trials:
+            if trial_id in self._completed_trials or not self._known(trial_id):
                 return
             self._note_dir(trial_id)
             if trial_id in self._completed_trials:  # found already told by _live
@@ -490,8 +506,12 @@ def _study_search_class():
                               error_trial_id: str | None = None) -> None:
             """``error_trial_id``: the Tune trial whose ``error.txt`` names the error (a seed of ``--repeats``;
             default ``trial_id`` itself)."""
-            if trial_id not in self._ot_trials or trial_id in self._completed_trials:
-                return super().on_trial_complete(trial_id, result, error)
+            if trial_id in self._completed_trials:
+                return super().on_trial_complete(trial_id, result, error)  # Tune's warning: told twice
+            if not self._known(trial_id):  # asked by no study this searcher can read: nothing to tell
+                logger.warning("trial %s has no Optuna trial in study %s; its end is not recorded there",
+                               trial_id, self._ot_study.study_name)
+                return None
             path = self._note_dir(trial_id)
             ot_trial = self._live(trial_id)
             if ot_trial is None:  # told before the driver died

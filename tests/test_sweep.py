@@ -409,6 +409,41 @@ def test_trial_told_after_the_last_snapshot_is_not_counted_twice_on_resume(tmp_p
     assert only.state == optuna.trial.TrialState.COMPLETE and only.value == 0.5
 
 
+def test_trial_asked_after_the_last_snapshot_is_found_and_told_on_resume(tmp_path):
+    """A driver killed after Optuna asked for a trial but before Tune's next searcher snapshot: Tune restores the
+    trial, the restored searcher has no map entry for it, and finds its Optuna trial by ``tune_trial_id`` (it raised
+    KeyError inside Tune and failed the resume before). A trial no study knows is skipped, not raised on."""
+    from search.spec import SweepConfig
+    from search.sweep import _study_search_class, fail_orphaned_study_trials
+
+    cfg = SweepConfig(name="late", space="quickstart", storage_path=str(tmp_path))
+    (tmp_path / "late").mkdir()
+
+    def searcher():
+        return _study_search_class()(
+            experiment_path=cfg.experiment_path, space=_lr_space, metric="knn_top1", mode="max", study_name="late",
+            storage=optuna.storages.RDBStorage(cfg.study_url), sampler=optuna.samplers.RandomSampler(seed=0))
+
+    first = searcher()
+    first.suggest("t1")
+    first.save(str(tmp_path / "searcher.pkl"))  # Tune's last snapshot
+    first.suggest("t2")  # asked, then the driver dies with t2 RUNNING in the study
+    first.on_trial_result("t2", {"epoch": 1, "knn_top1": 0.25})
+    resumed = searcher()
+    resumed.restore(str(tmp_path / "searcher.pkl"))
+    resumed.on_trial_result("t2", {"epoch": 2, "knn_top1": 0.5})
+    resumed.on_trial_complete("t2", {"epoch": 3, "knn_top1": 0.75, "finished": True})
+    resumed.on_trial_complete("t1", {"epoch": 3, "knn_top1": 0.5, "finished": True})
+    resumed.on_trial_result("ghost", {"epoch": 1, "knn_top1": 0.1})
+    resumed.on_trial_complete("ghost", {"epoch": 1, "knn_top1": 0.1, "finished": True})
+    assert fail_orphaned_study_trials(cfg) == 0
+    trials = {t.user_attrs["tune_trial_id"]: t for t in _study(tmp_path, "late").trials}
+    assert sorted(trials) == ["t1", "t2"]
+    assert trials["t2"].state == optuna.trial.TrialState.COMPLETE and trials["t2"].value == 0.75
+    assert trials["t2"].intermediate_values == {1: 0.25, 2: 0.5}
+    assert trials["t1"].state == optuna.trial.TrialState.COMPLETE and trials["t1"].value == 0.5
+
+
 @pytest.mark.slow
 def test_ctrl_c_stops_the_sweep_and_resume_finishes_exactly_n_trials(tmp_path):
     args = [sys.executable, "-m", "search.cli", "run", "quickstart", "--trials", "4", "--concurrency", "1",
