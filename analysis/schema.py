@@ -16,7 +16,7 @@ __all__ = ["EARLY_RANK_COLUMNS", "EPOCH_COLUMNS", "LEADERBOARD_COLUMNS", "TRIAL_
 DICT = pa.dictionary(pa.int32(), pa.string())
 TS = pa.timestamp("ms", tz="UTC")  # Parquet has no second unit
 
-#: trials.parquet: one row per Tune trial (the sweep name comes from the partition directory ``sweep=NAME``).
+#: trials.parquet: one row per trial (a Tune trial, or a member of a fused one) (the sweep name comes from the partition directory ``sweep=NAME``).
 TRIAL_COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("trial_id", pa.string(), "Tune trial id (also names the Train run train_<trial_id>)"),
     ("optuna_trial", pa.int64(), "number of the matching Optuna trial in the sweep's study (null if none)"),
@@ -28,6 +28,8 @@ TRIAL_COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("backbone", DICT, "backbone name"),
     ("seed", pa.int64(), "trial seed (base seed + repeat index)"),
     ("repeat", pa.int64(), "index of this seed among --repeats copies of one configuration (0 without repeats)"),
+    ("fused_group", pa.string(), "id of the fused Tune trial that trained this trial with others (--fuse K; "
+                                 "this trial is GROUP-k), null when not fused"),
     ("sampled", pa.string(), "comma-separated names of the settings the search space sampled for this trial"),
     ("epochs_run", pa.int64(), "last epoch reported"),
     ("stopped_early", pa.bool_(), "the scheduler stopped the trial before its last epoch"),

@@ -196,6 +196,7 @@ def build_tables(path: str | os.PathLike) -> SweepTables:
             "backbone": settings.get("backbone"),
             "seed": settings.get("seed"),
             "repeat": int(t.config.get("__trial_index__", 0)),
+            "fused_group": t.fused_group,
             "sampled": ",".join(sorted(k for k in t.config if not k.startswith("__"))),
             "epochs_run": last.get("epoch"),
             "stopped_early": _status(t) == STOPPED,

@@ -4,11 +4,14 @@ snapshots."""
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from search.fusion import FUSED, member_trials
 
 __all__ = ["TrialFiles", "experiment_state", "read_results", "read_trials"]
 
@@ -25,6 +28,7 @@ class TrialFiles:
     error: str | None
     start_time: float | None
     known_to_state: bool = False  # an experiment snapshot exists, so a trial missing from it is not Tune's any more
+    fused_group: str | None = None  # the fused Tune trial this one is a member of (search/fusion.py)
 
 
 def read_results(path: Path) -> list[dict[str, Any]]:
@@ -80,9 +84,23 @@ def read_trials(exp: Path) -> list[TrialFiles]:
             config = json.loads((path / "params.json").read_text())
         except json.JSONDecodeError:
             config = {}
-        trials.append(TrialFiles(trial_id, path, config, results, s.get("status"), error, s.get("start_time"),
-                             known_to_state=bool(state)))
+        trial = TrialFiles(trial_id, path, config, results, s.get("status"), error, s.get("start_time"),
+                           known_to_state=bool(state))
+        trials.extend(_members(trial) if FUSED in config else [trial])
     return trials
+
+
+def _members(group: TrialFiles) -> list[TrialFiles]:
+    """A fused Tune trial as its members: a member dropped early is TERMINATED (stopped) whatever the group did
+    after, and carries no error of the group's."""
+    out = []
+    for mid, sampled, results in member_trials(group.config, group.results):
+        dropped = any(r.get("dropped") for r in results)
+        results = [{k: v for k, v in r.items() if k not in ("member", "dropped")} for r in results]
+        out.append(dataclasses.replace(
+            group, trial_id=mid, config=sampled, results=results, fused_group=group.trial_id,
+            tune_status="TERMINATED" if dropped else group.tune_status, error=None if dropped else group.error))
+    return out
 
 
 def _error_line(lines: list[str]) -> str | None:

@@ -142,6 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--trials", type=int, default=None, help="configurations to sample (default: the space's TRIALS, else 20)"
     )
     run.add_argument("--repeats", type=int, default=1, help="seeds per sampled configuration (default 1)")
+    run.add_argument("--fuse", type=int, default=1, metavar="K",
+                     help="train up to K configurations per Tune trial as one fused model (same architecture, "
+                          "per-member lr, temperature, ...); each stays a trial of its own in Optuna, the tables "
+                          "and the progress table (column fused_group), stopped early on its own ASHA rungs "
+                          "(--scheduler asha|fifo). Default 1: no fusion")
     run.add_argument(
         "--concurrency",
         type=int,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -21,7 +22,7 @@ from search.printing import (
     next_steps,
     print_leaderboard,
     print_pareto,
-    result_row,
+    result_rows,
     sampled_keys,
     status_of,
     train_summary,
@@ -197,10 +198,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         fixed=typed_settings({**space.fixed, **_settings(args)}),
         trials=args.trials if args.trials is not None else space.trials,
         repeats=args.repeats,
+        fuse=args.fuse,
         concurrency=args.concurrency,
         workers=args.workers,
-        cpus_per_worker=_cpus_per_worker(args, trials=(args.trials if args.trials is not None else space.trials)
-                                         * args.repeats),
+        cpus_per_worker=_cpus_per_worker(args, trials=math.ceil((args.trials if args.trials is not None
+                                                                  else space.trials) * args.repeats / max(1, args.fuse))),
         gpus_per_worker=args.gpus_per_worker,
         executor=args.executor,
         scheduler=args.scheduler,
@@ -236,10 +238,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     write_sweep_file(cfg)
     if warm is not None:
         _seed_study(cfg, *warm)
+    fused = f", fused up to {cfg.fuse} per Tune trial" if cfg.fuse > 1 else ""
     print(
-        f"csweep: sweep {name}: {cfg.trials} x {cfg.repeats} trial(s) of space {cfg.space}, {concurrency} at a "
-        f"time, {cfg.workers} worker(s) of {cfg.cpus_per_worker:g} thread(s) each ({cfg.resolved_executor} executor); "
-        f"results in {cfg.experiment_path}",
+        f"csweep: sweep {name}: {cfg.trials} x {cfg.repeats} trial(s) of space {cfg.space}{fused}, {concurrency} at "
+        f"a time, {cfg.workers} worker(s) of {cfg.cpus_per_worker:g} thread(s) each ({cfg.resolved_executor} "
+        f"executor); results in {cfg.experiment_path}",
         file=sys.stderr,
     )
     return _fit_and_report(cfg, lambda callbacks: build_tuner(cfg, concurrency=concurrency, callbacks=callbacks))
@@ -314,11 +317,16 @@ def _fit_and_report(cfg, make_tuner) -> int:
         orphans = fail_orphaned_study_trials(cfg)
     except Exception as e:
         return _sweep_fault(cfg, e)
-    print_leaderboard(cfg, [result_row(r) for r in results])
+    print_leaderboard(cfg, [row for r in results for row in result_rows(r)])
     if len(cfg.objective) > 1:
         print_pareto(cfg)
     planned = cfg.trials * cfg.repeats
-    ended = results.num_terminated + results.num_errors
+    if cfg.fuse > 1:  # a fused sweep's Tune trials hold several trials each: count the members its study saw end
+        from search.fusion import members_ended
+
+        ended = members_ended(cfg)
+    else:
+        ended = results.num_terminated + results.num_errors
     if ended < planned:  # Tune returns early on SIGINT (Ctrl-C), having saved the experiment state
         print(f"csweep: sweep {cfg.name} interrupted with {ended} of {planned} trial(s) ended; its {orphans} running "
               f"Optuna trial(s) are marked FAIL until `csweep resume {cfg.name}` continues them", file=sys.stderr)

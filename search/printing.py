@@ -20,7 +20,7 @@ __all__ = [
     "next_steps",
     "print_leaderboard",
     "print_pareto",
-    "result_row",
+    "result_rows",
     "sampled_keys",
     "status_of",
     "train_summary",
@@ -72,13 +72,26 @@ def sampled_keys(rows: Iterable[Mapping[str, Any]]) -> set[str]:
     return {k for r in rows for k in r.get("_sampled", ())}
 
 
-def result_row(result) -> dict[str, Any]:
-    """A ``ray.tune.Result`` as a leaderboard row."""
+def result_rows(result) -> list[dict[str, Any]]:
+    """A ``ray.tune.Result`` as leaderboard rows: one, or one per member of a fused trial (search/fusion.py)."""
+    from search.fusion import FUSED, FUSED_IDS
+
+    metrics = result.metrics or {}
+    if FUSED in (result.config or {}):
+        rows = []
+        latest = {r.get("trial_id"): r for r in metrics.get("members", ())}
+        for mid, sampled in zip(result.config[FUSED_IDS], result.config[FUSED]):
+            mine = latest.get(mid, {})
+            row = {**mine, **sampled, "_sampled": tuple(sampled), "trial": mid, "fused_group": metrics.get("trial_id")}
+            dropped = bool(mine.get("dropped"))
+            row["status"] = ERRORED if result.error is not None and not dropped else finished_status(row)
+            rows.append(row)
+        return rows
     config = {k: v for k, v in (result.config or {}).items() if not k.startswith("__")}
-    row = {**(result.metrics or {}), **config, "_sampled": tuple(config)}
+    row = {**metrics, **config, "_sampled": tuple(config)}
     row["trial"] = row.get("trial_id")
     row["status"] = ERRORED if result.error is not None else finished_status(row)
-    return row
+    return [row]
 
 
 def leaderboard_rows(trials: Iterable[Mapping[str, Any]], metric: str, mode: str) -> list[dict[str, Any]]:

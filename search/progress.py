@@ -14,6 +14,7 @@ from typing import Any, TextIO
 
 from ray.tune import Callback
 
+from search.fusion import FUSED, FUSED_IDS
 from search.printing import RESULT_COLUMNS, finished_status, fmt, format_table, status_of
 from search.spec import COMPLETED, ERRORED, STOPPED
 
@@ -74,7 +75,23 @@ class ProgressTable(Callback):
     def _update(
         self, trial, result: Mapping[str, Any] | None = None, *, force: bool = False, status: str | None = None
     ) -> None:
-        config = {"method": self.fixed_method, **{k: v for k, v in trial.config.items() if not k.startswith("__")}}
+        if FUSED in trial.config:  # one row per member (search/fusion.py)
+            rows = {r["trial_id"]: r for r in (result or {}).get("members", ())}
+            for mid, sampled in zip(trial.config[FUSED_IDS], trial.config[FUSED]):
+                row = rows.get(mid)
+                own = STOPPED if row and row.get("dropped") else status and (
+                    finished_status(row) if status in (COMPLETED, STOPPED) else status)
+                self._update_row(mid, trial.status, sampled, row, own, fused_group=trial.trial_id)
+        else:
+            self._update_row(trial.trial_id, trial.status, trial.config, result, status)
+        now = self.clock()
+        if force or now - self._last >= self.interval_s:
+            self._draw()
+            self._last = now
+
+    def _update_row(self, trial_id: str, tune_status: str, config: Mapping[str, Any],
+                    result: Mapping[str, Any] | None, status: str | None, *, fused_group: str | None = None) -> None:
+        config = {"method": self.fixed_method, **{k: v for k, v in config.items() if not k.startswith("__")}}
         for k in config:
             if k not in self._params and k != "method" and k not in HIDDEN:
                 self._params.append(k)
@@ -82,15 +99,13 @@ class ProgressTable(Callback):
         if isinstance(value, (int, float)) and value == value:
             better = self._best is None or (value > self._best[0] if self.mode == "max" else value < self._best[0])
             if better:
-                self._best = (float(value), trial.trial_id)
-        previous = self._rows.get(trial.trial_id, {})
+                self._best = (float(value), trial_id)
+        previous = self._rows.get(trial_id, {})
+        if previous.get("status") == STOPPED and fused_group:
+            return  # a dropped member stays as it was dropped
         merged = result if result is not None else {k: previous.get(k) for k in RESULT_COLUMNS}
-        status = status or status_of(trial.status, merged)
-        self._rows[trial.trial_id] = _trial_row(trial.trial_id, config, merged, status, self._params)
-        now = self.clock()
-        if force or now - self._last >= self.interval_s:
-            self._draw()
-            self._last = now
+        status = status or status_of(tune_status, merged)
+        self._rows[trial_id] = _trial_row(trial_id, config, merged, status, self._params)
 
     def headline(self) -> str:
         """``elapsed 3m05s | 5/8 trials done (2 running) | ETA 1m51s | best knn_top1 0.7033 (trial 7e5d4499)``."""

@@ -25,6 +25,7 @@ __all__ = [
     "DIVERGED",
     "ERRORED",
     "EXECUTORS",
+    "FUSE_SCHEDULERS",
     "PAUSED",
     "PENDING",
     "POPULATION_SCHEDULERS",
@@ -51,6 +52,8 @@ SCHEDULERS: tuple[str, ...] = typing.get_args(Scheduler)
 SAMPLERS: tuple[str, ...] = typing.get_args(Sampler)
 #: schedulers that train a population and perturb its settings mid-run (Ray Tune's PBT / PB2; no Optuna searcher)
 POPULATION_SCHEDULERS = ("pbt", "pb2")
+#: schedulers of a fused sweep (--fuse K): its members are stopped by search/fusion.py's own ASHA rungs
+FUSE_SCHEDULERS = ("asha", "fifo")
 
 # -- trial statuses: one vocabulary for `csweep run`/`status` tables and trials.parquet --------------------------------
 COMPLETED = "completed"  # ran to its last epoch (final probes reported)
@@ -128,6 +131,7 @@ class SweepConfig:
     perturbation_interval: int | None = None  # pbt/pb2: epochs between exploit/explore steps (None: 10 % of epochs)
     memory_per_worker_mb: float | None = None  # Ray `memory` resource and RSS limit per worker; None: no limit
     pending_timeout_s: float = 600.0  # a trial pending this long while none of the sweep runs stops the sweep
+    fuse: int = 1  # configurations trained as one fused model per Tune trial (search/fusion.py)
 
     def __post_init__(self) -> None:
         check_range("trials", self.trials, low=1)
@@ -156,8 +160,23 @@ class SweepConfig:
             )
         if self.scheduler in POPULATION_SCHEDULERS:
             self._check_population()
+        check_range("fuse", self.fuse, low=1)
+        if self.fuse > 1:
+            self._check_fuse()
         if self.sampler == "cmaes" and len(self.objective) > 1:
             raise ConfigError("`sampler=cmaes` is single-objective; use nsga2, tpe or random for several objectives")
+
+    def _check_fuse(self) -> None:
+        what = f"`fuse={self.fuse}`"
+        if self.resolved_executor != "inline":
+            raise ConfigError(f"{what} trains its members in one process: it needs one-worker inline trials, but got "
+                              f"executor={self.executor}, workers={self.workers}")
+        if self.scheduler not in FUSE_SCHEDULERS:
+            raise ConfigError(f"{what} stops members early with ASHA rungs of its own; `scheduler` must be one of "
+                              f"{', '.join(FUSE_SCHEDULERS)}, but got scheduler={self.scheduler}")
+        if self.repeats > 1 or len(self.objective) > 1:
+            raise ConfigError(f"{what} tells each member's Optuna trial one value; it cannot be combined with "
+                              f"repeats={self.repeats} or a multi-objective `objective` ({len(self.objective)} metrics)")
 
     def _check_population(self) -> None:
         what = f"`scheduler={self.scheduler}`"

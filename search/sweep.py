@@ -96,11 +96,16 @@ def trial_driver(config: dict[str, Any], sweep: dict[str, Any]) -> None:
     import torch
     from ray import tune
 
+    from search.fusion import FUSED, run_fused_trial
+
     perturbed = tuple(sweep.get("__perturbable__", ()))
     cfg = SweepConfig.from_json(json.dumps({k: v for k, v in sweep.items() if k != "__perturbable__"}))
+    trial_id = tune.get_context().get_trial_id()
+    if FUSED in config:
+        run_fused_trial(config, cfg, trial_id)
+        return
     config = {k: v for k, v in config.items() if v is not None}  # a population's placeholder for an unset key
     spec = _spec(cfg.fixed, config)
-    trial_id = tune.get_context().get_trial_id()
     if cfg.resolved_executor == "inline":
         from search.driver import read_checkpoint
         from trainables.loop import fit
@@ -201,6 +206,10 @@ def validate_sweep(
             checked.add(key)
         else:
             spec = _spec(fixed, sampled)
+        if cfg.fuse > 1:
+            from trainables.fused import check_fusable
+
+            check_fusable([spec])  # settings no fused trial can have (compile, fp16): FuseError names them
         reported.setdefault(method, set()).update(_reported(spec))
         study.tell(trial, 0.0)
     _check_objective_reported(cfg, reported)
@@ -320,7 +329,13 @@ def _searcher(cfg: SweepConfig, space):
     metrics = [o.metric for o in cfg.objective]
     modes = [o.mode for o in cfg.objective]
     _make_default_study_dir(cfg)
-    searcher = _study_search_class()(
+    cls, extra = _study_search_class(), {}
+    if cfg.fuse > 1:
+        from search.fusion import fused_search_class
+
+        cls, extra = fused_search_class(), dict(fuse=cfg.fuse, budget=cfg.trials, fixed=dict(cfg.fixed))
+    searcher = cls(
+        **extra,
         experiment_path=cfg.experiment_path,
         fixed_method=cfg.fixed.get("method"),
         space=functools.partial(space.space, fixed=dict(cfg.fixed)),
@@ -555,15 +570,23 @@ def _point_valid(point: Mapping[str, Any], cfg: SweepConfig) -> bool:
     return True
 
 
+def _method_of(config: Mapping[str, Any], fixed_method: str | None) -> str:
+    from search.fusion import FUSED
+
+    if FUSED in config:  # a fused trial's members share the method
+        return f"{config[FUSED][0].get('method') or fixed_method or 'trial'}-fused"
+    return config.get("method") or fixed_method or "trial"
+
+
 def trial_name(trial, *, fixed_method: str | None = None) -> str:
     """``METHOD_TRIALID``: how a trial is shown (Tune's ``trial_name_creator``)."""
-    return f"{trial.config.get('method') or fixed_method or 'trial'}_{trial.trial_id}"
+    return f"{_method_of(trial.config, fixed_method)}_{trial.trial_id}"
 
 
 def trial_dirname(trial, *, fixed_method: str | None = None) -> str:
     """``trial_driver_TRIALID_METHOD``: a trial's directory, and so its TensorBoard run name (Tune's default
     spells out the whole configuration and a date)."""
-    return f"trial_driver_{trial.trial_id}_{trial.config.get('method') or fixed_method or 'trial'}"
+    return f"trial_driver_{trial.trial_id}_{_method_of(trial.config, fixed_method)}"
 
 
 def _tune_run_config(cfg: SweepConfig, callbacks: list):
@@ -589,11 +612,14 @@ def build_tuner(cfg: SweepConfig, *, concurrency: int, callbacks: list | None = 
     space = load_space(cfg.space)
     if cfg.scheduler in POPULATION_SCHEDULERS:
         return _population_tuner(cfg, space, concurrency=concurrency, callbacks=callbacks or [])
+    if cfg.fuse > 1:
+        _start_member_pruner(cfg)
     return tune.Tuner(
         _trainable(cfg),
         tune_config=tune.TuneConfig(
             search_alg=_searcher(cfg, space),
-            scheduler=_scheduler(cfg),
+            # fused: members are stopped by their own rungs; the searcher ends the sweep after `trials` members
+            scheduler=_scheduler(cfg) if cfg.fuse == 1 else None,
             num_samples=cfg.trials * cfg.repeats,
             max_concurrent_trials=concurrency,
             reuse_actors=cfg.resolved_executor == "inline",
@@ -714,6 +740,15 @@ def check_population(cfg: SweepConfig, space) -> None:
                           f"PERTURBABLE ({', '.join(space.perturbable)}) is sampled by every trial (fixed with --set?)")
 
 
+_PRUNERS: dict[str, Any] = {}  # sweep name -> its member pruner actor's handle (a named actor dies with its handles)
+
+
+def _start_member_pruner(cfg: SweepConfig) -> None:
+    from search.fusion import start_member_pruner
+
+    _PRUNERS[cfg.name] = start_member_pruner(cfg)
+
+
 def restore_tuner(cfg: SweepConfig, *, callbacks: list | None = None):
     """Tuner.restore for a sweep whose driver died: unfinished and errored trials resume from their checkpoints."""
     from ray import tune
@@ -721,6 +756,8 @@ def restore_tuner(cfg: SweepConfig, *, callbacks: list | None = None):
     from spaces import load_space
 
     space = load_space(cfg.space)  # a user's space file: its module must be importable to unpickle the searcher
+    if cfg.fuse > 1:
+        _start_member_pruner(cfg)
     perturbable = ()
     if cfg.scheduler in POPULATION_SCHEDULERS:  # the same trainable the population started with
         perturbable = tuple(population_mutations(cfg, space, initial_population(cfg, space)))

@@ -457,7 +457,8 @@ class FusedRun:
 def fit_fused(
     specs: Sequence[TrialSpec],
     *,
-    report: Callable[[list[dict[str, Any]], dict[str, Any]], Sequence[int] | None] | None = None,
+    prune: Callable[[list[dict[str, Any]]], Sequence[int]] | None = None,
+    report: Callable[[list[dict[str, Any]], dict[str, Any]], None] | None = None,
     resume_state: dict[str, Any] | None = None,
     data: ImageData | None = None,
     device: torch.device | None = None,
@@ -466,27 +467,31 @@ def fit_fused(
     """Train the members of ``specs`` fused; returns each member's last metrics (in the order of ``specs``; a dropped
     member's are its last report's).
 
-    ``report(metrics, state)`` receives every epoch the surviving members' reports (each with ``member``, its index
-    in ``specs``) and the fused checkpoint state, and may return members (indices into ``specs``) to drop: early
-    stopping per member; the others go on. ``resume_state`` is such a state (surviving members' specs only).
+    Every epoch, the surviving members' reports (each with ``member``, its index in ``specs``) go first to
+    ``prune(metrics)``, which may return members (indices into ``specs``) to drop: early stopping per member, the
+    others go on (a drop at the last epoch changes nothing). Then ``report(metrics, state)`` gets them (the dropped
+    ones marked ``dropped: True``) with the fused checkpoint state of the survivors (``member_ids``: their indices).
+    ``resume_state`` is such a state; ``specs`` are then still all the members, dropped ones included.
     """
-    run = FusedRun(specs, data=data, device=device, resume_state=resume_state)
     ids = list(range(len(specs)))
     if resume_state is not None:
-        ids = list(resume_state.get("member_ids", ids))
+        ids = [int(i) for i in resume_state.get("member_ids", ids)]
+    run = FusedRun([specs[i] for i in ids], data=data, device=device, resume_state=resume_state)
     last: dict[int, dict[str, Any]] = {}
     for epoch in range(run.epoch + 1, specs[0].train.epochs + 1):
         metrics = run.report(epoch, run.train_epoch(epoch))
         for i, mtr in zip(ids, metrics):
             mtr["member"] = i
             last[i] = mtr
+        stop = set(prune(metrics) or ()) & set(ids) if prune is not None and epoch < specs[0].train.epochs else set()
+        if stop and stop != set(ids):
+            run.drop([ids.index(i) for i in stop])
+        for mtr in metrics:
+            if mtr["member"] in stop:
+                mtr["dropped"] = True
+        ids = [i for i in ids if i not in stop]
         if report is not None:
-            stop = set(report(metrics, {**run.state(), "member_ids": list(ids)}) or ())
-            if stop and epoch < specs[0].train.epochs:
-                if set(ids) <= stop:
-                    break
-                run.drop([ids.index(i) for i in stop if i in ids])
-                ids = [i for i in ids if i not in stop]
-        if stop_after_epoch is not None and epoch >= stop_after_epoch:
+            report(metrics, {**run.state(), "member_ids": list(ids)} if ids else {})
+        if not ids or stop_after_epoch is not None and epoch >= stop_after_epoch:
             break
     return [last[i] for i in sorted(last)]

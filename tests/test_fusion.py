@@ -1,0 +1,254 @@
+"""Fused sweeps (search/fusion.py): asking K members per Tune trial, per-member ASHA, members as trials in the study,
+the progress table and the Parquet tables, and a whole `csweep run --fuse K` that is killed and resumed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import optuna
+import pytest
+from conftest import ROOT, kill_processes_with_env, run_cli
+
+from search.fusion import FUSED, FUSED_IDS, MemberPruner, fused_search_class, member_trials
+from search.spec import SweepConfig
+from trainables.config import ConfigError
+
+QUICK = ["--set", "epochs=4", "--set", "probe_epochs=10", "--set", "width=0.125"]
+State = optuna.trial.TrialState
+
+
+def _space(trial, fixed):
+    """quickstart's shape: a method (fixes the architecture's loss path), an lr and a temperature per member."""
+    trial.suggest_categorical("method", ["supcon", "simclr"])
+    trial.suggest_float("lr", 0.01, 0.3, log=True)
+    trial.suggest_float("temperature", 0.05, 0.5, log=True)
+    return {}
+
+
+def _searcher(tmp_path: Path, *, fuse: int, budget: int, points=None):
+    import functools
+
+    fixed = {"dataset": "digits", "epochs": 4}
+    return fused_search_class()(
+        fuse=fuse, budget=budget, fixed=fixed, experiment_path=str(tmp_path / "fz"),
+        space=functools.partial(_space, fixed=fixed), metric="knn_top1", mode="max", study_name="fz",
+        points_to_evaluate=points, storage=optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'study.db'}"),
+        sampler=optuna.samplers.TPESampler(seed=0, constant_liar=True, multivariate=True))
+
+
+def _trials(tmp_path: Path) -> dict[str, optuna.trial.FrozenTrial]:
+    study = optuna.load_study(study_name="fz", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    return {t.user_attrs["tune_trial_id"]: t for t in study.trials}
+
+
+def test_searcher_asks_fusable_groups_of_k_and_exactly_the_budget(tmp_path):
+    """trials=7, fuse=3: groups of 3, 3, 1, then FINISHED. Members of a group share the sampled method (a shape
+    setting) and differ in lr and temperature; each is an Optuna trial carrying its id and its group."""
+    from ray.tune.search import Searcher
+
+    search = _searcher(tmp_path, fuse=3, budget=7)
+    groups = [search.suggest(g) for g in ("g1", "g2", "g3")]
+    assert search.suggest("g4") == Searcher.FINISHED
+    assert [len(c[FUSED]) for c in groups] == [3, 3, 1]
+    assert groups[0][FUSED_IDS] == ["g1-0", "g1-1", "g1-2"]
+    for config in groups:
+        assert len({m["method"] for m in config[FUSED]}) == 1
+    assert len({m["lr"] for c in groups for m in c[FUSED]}) == 7
+    trials = _trials(tmp_path)
+    assert sorted(trials) == sorted(i for c in groups for i in c[FUSED_IDS])
+    assert trials["g2-1"].user_attrs["fused_group"] == "g2"
+    assert trials["g2-1"].params == groups[1][FUSED][1]
+
+
+def test_a_point_that_does_not_fuse_opens_a_later_group_and_none_is_lost(tmp_path):
+    """Enqueued points (recipe, warm start) are taken as asked; one whose method differs from its group's first
+    member is carried to the next group instead of being dropped or mixed in."""
+    points = [{"method": "supcon", "lr": 0.05, "temperature": 0.1}, {"method": "simclr", "lr": 0.1,
+                                                                         "temperature": 0.2}]
+    search = _searcher(tmp_path, fuse=2, budget=4, points=points)
+    first, second = search.suggest("g1"), search.suggest("g2")
+    assert first[FUSED][0] == points[0] and first[FUSED][1]["method"] == "supcon"
+    assert second[FUSED][0] == points[1] and second[FUSED][1]["method"] == "simclr"
+    assert search.suggest("g3") is not None and search.suggest("g4") == "FINISHED"
+    assert len(_trials(tmp_path)) == 4
+
+
+def test_members_are_told_their_own_outcome(tmp_path):
+    """Per-epoch rows report each member's intermediate values; a dropped member is PRUNED at once with its last
+    value; at the end the finished one is COMPLETE and the errored group's survivors FAIL."""
+    search = _searcher(tmp_path, fuse=3, budget=6)
+    search.suggest("g1")
+    search.suggest("g2")
+
+    def result(epoch, rows):
+        return {"epoch": epoch, "knn_top1": 0.0, "members": rows}
+
+    search.on_trial_result("g1", result(1, [{"trial_id": f"g1-{k}", "epoch": 1, "knn_top1": 0.1 * k}
+                                            for k in range(3)]))
+    search.on_trial_result("g1", result(2, [
+        {"trial_id": "g1-0", "epoch": 2, "knn_top1": 0.05, "dropped": True},
+        {"trial_id": "g1-1", "epoch": 2, "knn_top1": 0.3}, {"trial_id": "g1-2", "epoch": 2, "knn_top1": 0.4}]))
+    assert _trials(tmp_path)["g1-0"].state == State.PRUNED  # told while the group trains on
+    last = result(4, [{"trial_id": "g1-0", "epoch": 2, "knn_top1": 0.05, "dropped": True},
+                      {"trial_id": "g1-1", "epoch": 4, "knn_top1": 0.6, "finished": True},
+                      {"trial_id": "g1-2", "epoch": 3, "knn_top1": 0.5, "dropped": True}])
+    search.on_trial_result("g1", last)
+    search.on_trial_complete("g1", last)
+    search.on_trial_result("g2", result(1, [{"trial_id": f"g2-{k}", "epoch": 1, "knn_top1": 0.2} for k in range(3)]))
+    search.on_trial_complete("g2", None, error=True)
+    t = _trials(tmp_path)
+    assert t["g1-0"].state == State.PRUNED and t["g1-0"].value == 0.05
+    assert t["g1-0"].intermediate_values == {1: 0.0, 2: 0.05}
+    assert t["g1-1"].state == State.COMPLETE and t["g1-1"].value == 0.6
+    assert t["g1-2"].state == State.PRUNED and t["g1-2"].value == 0.5
+    assert all(t[f"g2-{k}"].state == State.FAIL for k in range(3))
+
+
+def test_restored_searcher_finds_groups_its_snapshot_predates(tmp_path):
+    """Killed between asking a group and Tune's next searcher snapshot: on restore the group (which Tune's
+    experiment state lists) is found in the study, counted in the budget and told normally."""
+    search = _searcher(tmp_path, fuse=2, budget=4)
+    search.suggest("g1")
+    search.save(str(tmp_path / "searcher.pkl"))
+    search.suggest("g2")  # then the driver dies
+    (tmp_path / "fz").mkdir()
+    (tmp_path / "fz" / "experiment_state-2026.json").write_text(json.dumps({"trial_data": [
+        [json.dumps({"trial_id": g, "status": "RUNNING"}), json.dumps({})] for g in ("g1", "g2")]}))
+    resumed = _searcher(tmp_path, fuse=2, budget=4)
+    resumed.restore(str(tmp_path / "searcher.pkl"))
+    assert resumed.suggest("g3") == "FINISHED"  # 4 asked: g1 and g2 hold them all
+    resumed.on_trial_complete("g2", {"epoch": 4, "members": [
+        {"trial_id": "g2-0", "epoch": 4, "knn_top1": 0.7, "finished": True},
+        {"trial_id": "g2-1", "epoch": 4, "knn_top1": 0.8, "finished": True}]})
+    t = _trials(tmp_path)
+    assert len(t) == 4 and t["g2-1"].state == State.COMPLETE and t["g2-1"].value == 0.8
+
+
+def test_member_pruner_stops_the_bottom_of_each_rung_like_asha():
+    """grace 1, rf 3, 9 epochs: rungs at epochs 1 and 3 (not 9, the end). At a rung a member below the 2/3
+    quantile of the values recorded there (itself included) stops; between rungs nobody does."""
+    p = MemberPruner(scheduler="asha", grace_period=1, reduction_factor=3, max_epochs=9, mode="max")
+    assert p.rungs == [1, 3]
+    assert p.decide([("a", 1, 0.5)]) == []  # alone: the quantile is its own value
+    assert p.decide([("b", 1, 0.2), ("c", 1, 0.9)]) == ["b"]  # 2/3-quantile of {0.5, 0.2, 0.9} = 0.633
+    assert p.decide([("a", 2, 0.0)]) == []  # not a rung
+    assert p.decide([("d", 1, float("nan")), ("e", 1, None)]) == []  # nothing to rank
+    # min mode, records seeded from a resumed sweep's study: stop above the 1/3-quantile of the recorded values
+    low = MemberPruner(scheduler="asha", grace_period=2, reduction_factor=3, max_epochs=8, mode="min",
+                       seed={2: {"x": 1.0, "y": 3.0}})
+    assert low.rungs == [2, 6]
+    assert low.decide([("z", 2, 2.8)]) == ["z"]  # 1/3-quantile of {1, 2.8, 3} = 2.2
+    assert low.decide([("w", 2, 1.5)]) == []  # 1/3-quantile of {1, 1.5, 2.8, 3} = 1.5
+    assert MemberPruner(scheduler="fifo", grace_period=1, reduction_factor=3, max_epochs=9, mode="max").rungs == []
+
+
+def test_member_trials_expand_a_group_into_its_members():
+    config = {FUSED: [{"lr": 0.1}, {"lr": 0.2}], FUSED_IDS: ["g-0", "g-1"]}
+    results = [
+        {"epoch": 1, "timestamp": 10, "trial_id": "g", "knn_top1": 0.5, "finished": False, "members": [
+            {"trial_id": "g-0", "epoch": 1, "knn_top1": 0.4, "finished": False, "dropped": True},
+            {"trial_id": "g-1", "epoch": 1, "knn_top1": 0.5, "finished": False}]},
+        {"epoch": 2, "timestamp": 20, "trial_id": "g", "knn_top1": 0.6, "finished": True, "members": [
+            {"trial_id": "g-0", "epoch": 1, "knn_top1": 0.4, "finished": False, "dropped": True},
+            {"trial_id": "g-1", "epoch": 2, "knn_top1": 0.6, "finished": True}]}]
+    (a, ca, ra), (b, cb, rb) = member_trials(config, results)
+    assert (a, ca, b, cb) == ("g-0", {"lr": 0.1}, "g-1", {"lr": 0.2})
+    assert [r["epoch"] for r in ra] == [1] and ra[0]["knn_top1"] == 0.4 and ra[0]["timestamp"] == 10
+    assert [r["epoch"] for r in rb] == [1, 2] and rb[-1]["finished"] and rb[0]["finished"] is False
+
+
+def test_fuse_refuses_what_it_cannot_do():
+    base = dict(name="f", space="quickstart", storage_path="/tmp/x", fuse=4)
+    for bad, field in [(dict(workers=2), "executor"), (dict(scheduler="hyperband"), "scheduler"),
+                       (dict(repeats=2), "repeats"), (dict(fuse=0), "fuse")]:
+        with pytest.raises(ConfigError, match=field):
+            SweepConfig(**{**base, **bad})
+    SweepConfig(**base, scheduler="fifo")
+
+
+@pytest.mark.slow
+def test_fused_sweep_is_killed_resumed_and_tabulated_member_by_member(tmp_path):
+    """`csweep run quickstart --fuse 3 --trials 5`: 2 Tune trials, 5 trials everywhere a user looks. The driver is
+    SIGKILLed after the first checkpoint and `csweep resume` finishes exactly the 5."""
+    args = [sys.executable, "-m", "search.cli", "run", "quickstart", "--trials", "5", "--fuse", "3",
+            "--concurrency", "1", "--grace-period", "2", "--name", "fz", "--storage-path", str(tmp_path), *QUICK]
+    ray_tmp = f"/tmp/csf{os.getpid()}"
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True, env={**os.environ, "RAY_TMPDIR": ray_tmp})
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not list((tmp_path / "fz").glob("trial_driver_*/checkpoint_*")):
+            assert proc.poll() is None, "the sweep ended before it could be killed"
+            time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        kill_processes_with_env("RAY_TMPDIR", ray_tmp)
+    time.sleep(2)
+    study = optuna.load_study(study_name="fz", storage=f"sqlite:///{tmp_path / 'fz' / 'study.db'}")
+    assert sum(t.state in (State.COMPLETE, State.PRUNED) for t in study.trials) < 5  # killed mid-sweep
+    resumed = run_cli("resume", "fz", "--storage-path", str(tmp_path))
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    study = optuna.load_study(study_name="fz", storage=f"sqlite:///{tmp_path / 'fz' / 'study.db'}")
+    told = [t for t in study.trials if t.state in (State.COMPLETE, State.PRUNED)]
+    assert len(told) == 5 and {t.user_attrs["fused_group"] for t in told} and all(
+        t.user_attrs["tune_trial_id"].startswith(t.user_attrs["fused_group"] + "-") for t in told)
+
+    from analysis import build_tables
+
+    tables = build_tables(tmp_path / "fz")
+    trials = tables.trials
+    assert len(trials) == 5 and trials["fused_group"].nunique() == 2
+    assert set(trials["status"].astype(str)) <= {"completed", "stopped"}
+    assert (trials["status"].astype(str) == "completed").sum() >= 1
+    assert set(trials["optuna_trial"]) == {t.number for t in told}
+    epochs = tables.epochs
+    assert set(epochs["trial_id"]) == set(trials["trial_id"])
+    per_trial = epochs.groupby("trial_id")["epoch"].apply(list)
+    assert all(v == list(range(1, len(v) + 1)) for v in per_trial)  # one row per epoch trained, resume or not
+    assert (trials.set_index("trial_id")["epochs_run"] == per_trial.map(len)).all()
+
+
+def test_progress_table_and_leaderboard_show_members_as_trials():
+    """The live table gets a row per member (a dropped one stays `stopped`; the others follow the Tune trial); the
+    leaderboard of a finished fused trial has a row per member with its own status."""
+    import io
+
+    from search.printing import result_rows
+    from search.progress import ProgressTable
+
+    config = {FUSED: [{"lr": 0.1}, {"lr": 0.2}], FUSED_IDS: ["g-0", "g-1"]}
+    trial = SimpleNamespace(trial_id="g", config=config, status="RUNNING", last_result=None)
+    table = ProgressTable(stream=io.StringIO(), fixed_method="supcon", total=2)
+    table.on_trial_start(0, [], trial)
+    assert {r["trial"]: r["status"] for r in table._rows.values()} == {"g-0": "running", "g-1": "running"}
+    epoch2 = {"epoch": 2, "trial_id": "g", "knn_top1": 0.6, "members": [
+        {"trial_id": "g-0", "epoch": 2, "knn_top1": 0.3, "dropped": True},
+        {"trial_id": "g-1", "epoch": 2, "knn_top1": 0.6}]}
+    table.on_trial_result(0, [], trial, epoch2)
+    assert table._rows["g-0"]["status"] == "stopped" and table._rows["g-1"]["status"] == "running"
+    last = {"epoch": 4, "trial_id": "g", "knn_top1": 0.7, "finished": True, "members": [
+        {"trial_id": "g-0", "epoch": 2, "knn_top1": 0.3, "dropped": True},
+        {"trial_id": "g-1", "epoch": 4, "knn_top1": 0.7, "finished": True}]}
+    trial.last_result = last
+    table.on_trial_result(0, [], trial, last)
+    table.on_trial_complete(0, [], trial)
+    rows = table._rows
+    assert (rows["g-0"]["status"], rows["g-0"]["epoch"]) == ("stopped", 2)
+    assert (rows["g-1"]["status"], rows["g-1"]["knn_top1"], rows["g-1"]["lr"]) == ("completed", 0.7, 0.2)
+    assert "2/2 trials done" in table.headline() and "(trial g-1)" in table.headline()
+
+    board = result_rows(SimpleNamespace(config=config, metrics=last, error=None))
+    assert [(r["trial"], r["status"], r["fused_group"], r["lr"]) for r in board] == [
+        ("g-0", "stopped", "g", 0.1), ("g-1", "completed", "g", 0.2)]
+    errored = result_rows(SimpleNamespace(config=config, metrics=epoch2, error=RuntimeError("x")))
+    assert [r["status"] for r in errored] == ["stopped", "errored"]
