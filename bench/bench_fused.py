@@ -11,8 +11,12 @@ out the load of a shared machine. Trials per hour = K * 3600 / (epochs per trial
 ``--no-onednn`` runs the fused epochs with oneDNN (mkldnn) off, i.e. vmap's grouped convolutions on PyTorch's own
 CPU kernels: the alternative measured when choosing how to fuse on CPU.
 
+``--sweep`` measures whole sweeps instead (needs Ray): ``csweep run quickstart --set method=supcon --trials T
+--fuse K --scheduler fifo`` for each K, with the CLI's default concurrency and threads (what a user gets on this
+machine), K=1 being the unfused sweep; trials per hour = T * 3600 / wall time of the command (Ray start included).
+
     .venv/bin/python bench/bench_fused.py [--ks 1,2,4,8] [--width 0.125] [--batch 128] [--threads 2] [--rounds 3]
-        [--epochs 10] [--device cpu] [--no-onednn] [--dataset digits]
+        [--epochs 10] [--device cpu] [--no-onednn] [--dataset digits] [--sweep [--trials 8]]
 """
 
 from __future__ import annotations
@@ -53,6 +57,35 @@ def unfused_epochs(specs: list[TrialSpec], data, device: torch.device) -> float:
     return total
 
 
+def sweeps(ks: list[int], *, trials: int, epochs: int, width: float, batch: int, rounds: int) -> None:
+    """``--sweep``: wall time of whole ``csweep run --fuse K`` sweeps, one after another, rounds alternating K."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    walls: dict[int, list[float]] = {k: [] for k in ks}
+    for r in range(rounds):
+        for k in ks:
+            with tempfile.TemporaryDirectory(prefix="csweep-bench-fused-") as tmp:
+                args = [sys.executable, "-m", "search.cli", "run", "quickstart", "--set", "method=supcon",
+                        "--trials", str(trials), "--fuse", str(k), "--scheduler", "fifo", "--name", f"f{k}r{r}",
+                        "--storage-path", tmp, "--set", f"epochs={epochs}", "--set", f"width={width}",
+                        "--set", f"batch_size={batch}"]
+                t0 = time.perf_counter()
+                subprocess.run(args, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={**os.environ, "PYTHONPATH": os.getcwd()})
+                walls[k].append(time.perf_counter() - t0)
+    print(f"sweeps of {trials} SupCon trials on digits, {epochs} epochs, width={width} batch={batch}, fifo, "
+          f"rounds={rounds}\n")
+    print("| K | sweep wall (s) | trials/h | vs K=1 |")
+    print("|---|---|---|---|")
+    base = statistics.median(walls[ks[0]])
+    for k in ks:
+        w = statistics.median(walls[k])
+        print(f"| {k} | {w:.1f} | {trials * 3600 / w:.0f} | {base / w:.2f}x |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--ks", default="1,2,4,8")
@@ -64,7 +97,12 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-onednn", action="store_true", help="fused epochs with oneDNN (mkldnn) convolutions off")
+    p.add_argument("--sweep", action="store_true", help="whole `csweep run --fuse K` sweeps (needs Ray)")
+    p.add_argument("--trials", type=int, default=8, help="--sweep: trials per sweep")
     args = p.parse_args()
+    if args.sweep:
+        return sweeps([int(k) for k in args.ks.split(",")], trials=args.trials, epochs=args.epochs,
+                      width=args.width, batch=args.batch, rounds=args.rounds)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     ks = [int(k) for k in args.ks.split(",")]

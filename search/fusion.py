@@ -197,7 +197,7 @@ def run_fused_trial(config: Mapping[str, Any], cfg, group: str) -> None:
         due = fused_state and (checkpoint_due(train, epoch) or any(m.get("dropped") for m in metrics))
         TuneReporter().report(result, {**fused_state, "csweep_rows": latest} if due else None)
 
-    fit_fused(specs, prune=prune, report=report, resume_state=state)
+    fit_fused(specs, prune=prune, report=report, resume_state=state, memory_limit_mb=cfg.memory_per_worker_mb)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -236,7 +236,6 @@ def fused_search_class():
                 params = self._suggest_from_define_by_run_func(self._space, ot_trial)
             finally:
                 study.sampler = sampler
-            ot_trial.set_user_attr("csweep_asked", True)
             self._asked += 1
             return ot_trial, params
 

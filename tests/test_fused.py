@@ -224,3 +224,36 @@ def test_fused_fit_equals_unfused_fit_and_resumes_exactly(data) -> None:
     resumed = fit_fused(specs, data=data, device=torch.device("cpu"), resume_state=after_1)
     for a, b in zip(resumed, fused):
         assert a["train_loss"] == b["train_loss"] and a["knn_top1"] == b["knn_top1"]
+
+
+def test_fit_fused_prunes_members_before_the_report_and_checkpoints_only_survivors(data) -> None:
+    """``prune`` sees the epoch's reports first; the dropped member is marked in ``report``'s metrics and absent from
+    the state it gets, which resumes the survivors alone; the last epoch prunes nobody."""
+    specs = [TrialSpec.from_settings("supcon", {**TINY, "batch_size": 256, "epochs": 3, "lr": lr, "seed": seed},
+                                     preset="digits") for lr, seed in [(0.05, 0), (0.1, 1), (0.02, 2)]]
+    asked: list[list[int]] = []
+    seen: list[tuple[list[tuple[int, bool]], list[int]]] = []
+
+    def prune(metrics):
+        asked.append([m["member"] for m in metrics])
+        return [1] if metrics[0]["epoch"] == 1 else []
+
+    def report(metrics, state):
+        seen.append(([(m["member"], bool(m.get("dropped"))) for m in metrics], state.get("member_ids")))
+
+    finals = fit_fused(specs, data=data, device=torch.device("cpu"), prune=prune, report=report)
+    assert asked == [[0, 1, 2], [0, 2]]  # epoch 3 is the last: prune is not asked
+    assert seen[0] == ([(0, False), (1, True), (2, False)], [0, 2])
+    assert seen[1] == ([(0, False), (2, False)], [0, 2]) and seen[2][1] == [0, 2]
+    assert [f["member"] for f in finals] == [0, 1, 2] and [f["epoch"] for f in finals] == [3, 1, 3]
+    # stopping every member ends the run at once, with nothing left to checkpoint
+    seen.clear()
+    finals = fit_fused(specs, data=data, device=torch.device("cpu"), prune=lambda m: [0, 1, 2], report=report)
+    assert [f["epoch"] for f in finals] == [1, 1, 1] and seen == [([(0, True), (1, True), (2, True)], None)]
+
+
+def test_fit_fused_keeps_the_memory_limit(data) -> None:
+    from trainables.memory import TrialOutOfMemory
+
+    with pytest.raises(TrialOutOfMemory, match=r"epoch 1, step 1, over memory_per_worker=1 MB"):
+        fit_fused(specs_for("supcon", epochs=1), data=data, device=torch.device("cpu"), memory_limit_mb=1)

@@ -52,6 +52,7 @@ from trainables.loop import (
     read_batches,
     seed_everything,
 )
+from trainables.memory import MemoryGuard
 from trainables.methods import Batch, Method, RunShape, get_method
 from trainables.trial import TrialSpec
 
@@ -260,6 +261,7 @@ class FusedRun:
                                     and not isinstance(getattr(train, f), bool))
         self._bind()
         self.step = 0
+        self.memory = MemoryGuard(None)  # fit_fused's guard of the worker's memory limit
         if resume_state is not None:
             self._restore(resume_state)
 
@@ -388,6 +390,7 @@ class FusedRun:
         for step_batches in zip(*per_seed.values()):
             by_seed = dict(zip(per_seed, step_batches))
             losses, logs = self.train_step([by_seed[s] for s in seeds], epoch=epoch)
+            self.memory.check(f"epoch {epoch}, step {self.step}")
             loss_sum += losses
             for name, v in logs.items():
                 log_sums[name] = log_sums.get(name, 0.0) + v
@@ -463,9 +466,10 @@ def fit_fused(
     data: ImageData | None = None,
     device: torch.device | None = None,
     stop_after_epoch: int | None = None,
+    memory_limit_mb: float | None = None,
 ) -> list[dict[str, Any]]:
     """Train the members of ``specs`` fused; returns each member's last metrics (in the order of ``specs``; a dropped
-    member's are its last report's).
+    member's are its last report's). ``memory_limit_mb``: as ``trainables.loop.fit``'s, for the fused process.
 
     Every epoch, the surviving members' reports (each with ``member``, its index in ``specs``) go first to
     ``prune(metrics)``, which may return members (indices into ``specs``) to drop: early stopping per member, the
@@ -476,10 +480,18 @@ def fit_fused(
     ids = list(range(len(specs)))
     if resume_state is not None:
         ids = [int(i) for i in resume_state.get("member_ids", ids)]
-    run = FusedRun([specs[i] for i in ids], data=data, device=device, resume_state=resume_state)
+    with MemoryGuard(memory_limit_mb) as guard:
+        run = FusedRun([specs[i] for i in ids], data=data, device=device, resume_state=resume_state)
+        run.memory = guard
+        return _fused_epochs(run, specs, ids, prune=prune, report=report, stop_after_epoch=stop_after_epoch)
+
+
+def _fused_epochs(run: FusedRun, specs: Sequence[TrialSpec], ids: list[int], *, prune, report,
+                  stop_after_epoch: int | None) -> list[dict[str, Any]]:
     last: dict[int, dict[str, Any]] = {}
     for epoch in range(run.epoch + 1, specs[0].train.epochs + 1):
         metrics = run.report(epoch, run.train_epoch(epoch))
+        run.memory.check(f"epoch {epoch}'s evaluation")
         for i, mtr in zip(ids, metrics):
             mtr["member"] = i
             last[i] = mtr
