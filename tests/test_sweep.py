@@ -258,6 +258,21 @@ def _lr_space(trial):
     trial.suggest_float("lr", 0.01, 1.0, log=True)
 
 
+def _lr_sweep(tmp_path: Path, name: str) -> SweepConfig:
+    cfg = SweepConfig(name=name, space="quickstart", storage_path=str(tmp_path))
+    (tmp_path / name).mkdir()
+    return cfg
+
+
+def _lr_searcher(cfg):
+    """The sweep's searcher over :func:`_lr_space`, on ``cfg``'s study (driven by hand, no Ray)."""
+    from search.sweep import _study_search_class
+
+    return _study_search_class()(
+        experiment_path=cfg.experiment_path, space=_lr_space, metric="knn_top1", mode="max", study_name=cfg.name,
+        storage=optuna.storages.RDBStorage(cfg.study_url), sampler=optuna.samplers.RandomSampler(seed=0))
+
+
 def test_repeated_configuration_is_told_what_its_seeds_did(tmp_path):
     """--repeats: Tune's Repeater told Optuna COMPLETE with the mean whatever the seeds did; the study now gets
     PRUNED when a seed was stopped early (mean of the last values at the smallest epoch), FAIL with the error of a
@@ -384,23 +399,15 @@ def test_trial_marked_failed_by_an_interrupt_is_continued_as_a_copy_on_resume(tm
 def test_trial_told_after_the_last_snapshot_is_not_counted_twice_on_resume(tmp_path):
     """A driver killed after telling Optuna a trial's end but before Tune's next snapshot: the resumed sweep replays
     that trial's end, and the study keeps its one record (a copy would count the configuration twice)."""
-    from search.spec import SweepConfig
-    from search.sweep import _study_search_class, fail_orphaned_study_trials
+    from search.sweep import fail_orphaned_study_trials
 
-    cfg = SweepConfig(name="snap", space="quickstart", storage_path=str(tmp_path))
-    (tmp_path / "snap").mkdir()
-
-    def searcher():
-        return _study_search_class()(
-            experiment_path=cfg.experiment_path, space=_lr_space, metric="knn_top1", mode="max", study_name="snap",
-            storage=optuna.storages.RDBStorage(cfg.study_url), sampler=optuna.samplers.RandomSampler(seed=0))
-
-    first = searcher()
+    cfg = _lr_sweep(tmp_path, "snap")
+    first = _lr_searcher(cfg)
     first.suggest("t1")
     first.on_trial_result("t1", {"epoch": 1, "knn_top1": 0.25})
     first.save(str(tmp_path / "searcher.pkl"))  # Tune's last snapshot
     first.on_trial_complete("t1", {"epoch": 2, "knn_top1": 0.5, "finished": True})  # then the driver dies
-    resumed = searcher()
+    resumed = _lr_searcher(cfg)
     resumed.restore(str(tmp_path / "searcher.pkl"))
     resumed.on_trial_result("t1", {"epoch": 2, "knn_top1": 0.5, "finished": True})
     resumed.on_trial_complete("t1", {"epoch": 2, "knn_top1": 0.5, "finished": True})
@@ -413,23 +420,15 @@ def test_trial_asked_after_the_last_snapshot_is_found_and_told_on_resume(tmp_pat
     """A driver killed after Optuna asked for a trial but before Tune's next searcher snapshot: Tune restores the
     trial, the restored searcher has no map entry for it, and finds its Optuna trial by ``tune_trial_id`` (it raised
     KeyError inside Tune and failed the resume before). A trial no study knows is skipped, not raised on."""
-    from search.spec import SweepConfig
-    from search.sweep import _study_search_class, fail_orphaned_study_trials
+    from search.sweep import fail_orphaned_study_trials
 
-    cfg = SweepConfig(name="late", space="quickstart", storage_path=str(tmp_path))
-    (tmp_path / "late").mkdir()
-
-    def searcher():
-        return _study_search_class()(
-            experiment_path=cfg.experiment_path, space=_lr_space, metric="knn_top1", mode="max", study_name="late",
-            storage=optuna.storages.RDBStorage(cfg.study_url), sampler=optuna.samplers.RandomSampler(seed=0))
-
-    first = searcher()
+    cfg = _lr_sweep(tmp_path, "late")
+    first = _lr_searcher(cfg)
     first.suggest("t1")
     first.save(str(tmp_path / "searcher.pkl"))  # Tune's last snapshot
     first.suggest("t2")  # asked, then the driver dies with t2 RUNNING in the study
     first.on_trial_result("t2", {"epoch": 1, "knn_top1": 0.25})
-    resumed = searcher()
+    resumed = _lr_searcher(cfg)
     resumed.restore(str(tmp_path / "searcher.pkl"))
     resumed.on_trial_result("t2", {"epoch": 2, "knn_top1": 0.5})
     resumed.on_trial_complete("t2", {"epoch": 3, "knn_top1": 0.75, "finished": True})
