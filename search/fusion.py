@@ -27,7 +27,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FUSED", "FUSED_IDS", "MemberPruner", "fused_search_class", "member_id", "member_trials", "members_ended",
+__all__ = ["FUSED", "FUSED_IDS", "MemberPruner", "fused_search_class", "latest_members", "member_id", "member_trials",
+           "members_ended",
            "pruner_name", "run_fused_trial", "start_member_pruner"]
 
 FUSED = "fused"  # Tune config key: the members' sampled settings, one dict per member
@@ -56,6 +57,14 @@ def member_trials(config: Mapping[str, Any], results: Sequence[Mapping[str, Any]
                 rows[mine.get("epoch")] = {**group, **mine}
         out.append((mid, dict(sampled), list(rows.values())))
     return out
+
+
+def latest_members(config: Mapping[str, Any], result: Mapping[str, Any] | None
+                   ) -> list[tuple[str, dict[str, Any], dict[str, Any] | None]]:
+    """A fused Tune trial's members as ``(trial id, sampled settings, latest row)`` from one result (its latest: it
+    carries every member's latest row; None before the member's first epoch)."""
+    rows = {r.get("trial_id"): r for r in (result or {}).get("members", ())}
+    return [(mid, dict(sampled), rows.get(mid)) for mid, sampled in zip(config[FUSED_IDS], config[FUSED])]
 
 
 def pruner_name(sweep: str) -> str:

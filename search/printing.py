@@ -74,16 +74,15 @@ def sampled_keys(rows: Iterable[Mapping[str, Any]]) -> set[str]:
 
 def result_rows(result) -> list[dict[str, Any]]:
     """A ``ray.tune.Result`` as leaderboard rows: one, or one per member of a fused trial (search/fusion.py)."""
-    from search.fusion import FUSED, FUSED_IDS
+    from search.fusion import FUSED, latest_members
 
     metrics = result.metrics or {}
     if FUSED in (result.config or {}):
         rows = []
-        latest = {r.get("trial_id"): r for r in metrics.get("members", ())}
-        for mid, sampled in zip(result.config[FUSED_IDS], result.config[FUSED]):
-            mine = latest.get(mid, {})
-            row = {**mine, **sampled, "_sampled": tuple(sampled), "trial": mid, "fused_group": metrics.get("trial_id")}
-            dropped = bool(mine.get("dropped"))
+        for mid, sampled, mine in latest_members(result.config, metrics):
+            row = {**(mine or {}), **sampled, "_sampled": tuple(sampled), "trial": mid,
+                   "fused_group": metrics.get("trial_id")}
+            dropped = bool((mine or {}).get("dropped"))
             row["status"] = ERRORED if result.error is not None and not dropped else finished_status(row)
             rows.append(row)
         return rows

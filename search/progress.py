@@ -14,7 +14,7 @@ from typing import Any, TextIO
 
 from ray.tune import Callback
 
-from search.fusion import FUSED, FUSED_IDS
+from search.fusion import FUSED, latest_members
 from search.printing import RESULT_COLUMNS, finished_status, fmt, format_table, status_of
 from search.spec import COMPLETED, ERRORED, STOPPED
 
@@ -76,9 +76,7 @@ class ProgressTable(Callback):
         self, trial, result: Mapping[str, Any] | None = None, *, force: bool = False, status: str | None = None
     ) -> None:
         if FUSED in trial.config:  # one row per member (search/fusion.py)
-            rows = {r["trial_id"]: r for r in (result or {}).get("members", ())}
-            for mid, sampled in zip(trial.config[FUSED_IDS], trial.config[FUSED]):
-                row = rows.get(mid)
+            for mid, sampled, row in latest_members(trial.config, result):
                 own = STOPPED if row and row.get("dropped") else status and (
                     finished_status(row) if status in (COMPLETED, STOPPED) else status)
                 self._update_row(mid, trial.status, sampled, row, own, fused_group=trial.trial_id)

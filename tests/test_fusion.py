@@ -217,6 +217,11 @@ def test_fused_sweep_is_killed_resumed_and_tabulated_member_by_member(tmp_path):
     assert all(v == list(range(1, len(v) + 1)) for v in per_trial)  # one row per epoch trained, resume or not
     assert (trials.set_index("trial_id")["epochs_run"] == per_trial.map(len)).all()
 
+    status = run_cli("status", "fz", "--storage-path", str(tmp_path))
+    assert status.returncode == 0 and "5 of 5 trial(s)" in status.stdout
+    for row in trials.itertuples():
+        assert f"{row.trial_id}  {row.status}" in status.stdout
+
 
 def test_progress_table_and_leaderboard_show_members_as_trials():
     """The live table gets a row per member (a dropped one stays `stopped`; the others follow the Tune trial); the
