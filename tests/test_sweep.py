@@ -215,6 +215,8 @@ def test_sigkilled_driver_resumes_to_exactly_n_trials(tmp_path):
     trials = _tune_trials(tmp_path / "killme", known_only=True)
     assert len(trials) == 5
     assert all(t["results"] and t["results"][-1].get("finished") for t in trials)
+    for t in trials:  # every epoch of every trial is on record, those reported before the kill included
+        assert {r["epoch"] for r in t["results"] if "epoch" in r} == {1, 2, 3, 4}, t["dir"].name
     for t in trials:  # finished trials were not rerun: no result was appended to them
         if t["dir"].name in trials_before:
             assert len(t["results"]) == trials_before[t["dir"].name], t["dir"].name
