@@ -161,7 +161,7 @@ def start_member_pruner(cfg):
 # The Tune trainable's side
 
 
-def run_fused_trial(config: Mapping[str, Any], cfg, group: str) -> None:
+def run_fused_trial(config: Mapping[str, Any], cfg) -> None:
     """Train a fused Tune trial's members (called by ``search.sweep.trial_driver``): one ``tune.report`` per epoch
     with every member's latest row, a checkpoint when due and whenever a member was dropped."""
     import ray

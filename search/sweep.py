@@ -102,7 +102,7 @@ def trial_driver(config: dict[str, Any], sweep: dict[str, Any]) -> None:
     cfg = SweepConfig.from_json(json.dumps({k: v for k, v in sweep.items() if k != "__perturbable__"}))
     trial_id = tune.get_context().get_trial_id()
     if FUSED in config:
-        run_fused_trial(config, cfg, trial_id)
+        run_fused_trial(config, cfg)
         return
     config = {k: v for k, v in config.items() if v is not None}  # a population's placeholder for an unset key
     spec = _spec(cfg.fixed, config)
