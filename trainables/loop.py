@@ -48,6 +48,8 @@ from trainables.probe import (
 )
 from trainables.trial import TrialSpec
 
+# The API; fit's building blocks (setup, train_epoch, epoch_report, read_batches, epoch_order, Run, Progress, ...)
+# keep public names because trainables.fused and the benchmarks assemble runs from them.
 __all__ = ["CHECKPOINT_VERSION", "RecordingReporter", "Reporter", "check_data", "checkpoint_due", "evaluate_untrained",
            "fit", "load_data"]
 
@@ -63,7 +65,7 @@ class Reporter(Protocol):
 
 
 @dataclass
-class _Progress:
+class Progress:
     """Loop position and bests, saved in every checkpoint."""
 
     epoch: int = 0  # epochs completed
@@ -95,7 +97,7 @@ def _device() -> torch.device:
     return torch.device("cpu")
 
 
-def _seed_everything(seed: int) -> None:
+def seed_everything(seed: int) -> None:
     import random
 
     random.seed(seed)
@@ -103,7 +105,7 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _batches(images: np.ndarray, labels: np.ndarray, order: np.ndarray, per_worker: int,
+def read_batches(images: np.ndarray, labels: np.ndarray, order: np.ndarray, per_worker: int,
              device: torch.device) -> Iterator[Batch]:
     """Yield this worker's batches (uint8 images, labels, row indices) on ``device``, read one batch ahead."""
     pin = device.type == "cuda"
@@ -133,7 +135,7 @@ def _batches(images: np.ndarray, labels: np.ndarray, order: np.ndarray, per_work
         yield Batch(*(t.to(device, non_blocking=True) for t in item))
 
 
-def _epoch_order(n: int, seed: int, epoch: int, per_worker: int) -> np.ndarray:
+def epoch_order(n: int, seed: int, epoch: int, per_worker: int) -> np.ndarray:
     """This worker's sample indices for ``epoch``: one global permutation, dealt out in per-worker blocks."""
     world, rank = distributed.world_size(), distributed.rank()
     perm = np.random.default_rng([seed, epoch]).permutation(n)
@@ -158,7 +160,7 @@ def memory_format(train: TrainConfig, device: torch.device) -> str:
     return "channels_last"
 
 
-def _peak_mem_mb(device: torch.device) -> float:
+def peak_mem_mb(device: torch.device) -> float:
     """Peak memory of this worker: CUDA allocator peak on GPU, process peak RSS on CPU."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -228,8 +230,8 @@ def _seed_probe(method: Method, module: nn.Module, data: ImageData, train: Train
 
 
 @dataclass
-class _Run:
-    """What one training run holds from setup to its last report (built once by :func:`_setup`)."""
+class Run:
+    """What one training run holds from setup to its last report (built once by :func:`setup`)."""
 
     spec: TrialSpec
     data: ImageData
@@ -244,7 +246,7 @@ class _Run:
     shape: RunShape
     per_worker: int
     peak_lr: float
-    progress: _Progress
+    progress: Progress
     generator: torch.Generator
     warmup_steps: int  # steps left out of the timings (torch.compile's compilation)
     memory: MemoryGuard = field(default_factory=lambda: MemoryGuard(None))  # the worker's memory limit
@@ -254,8 +256,8 @@ class _Run:
                      total_steps=self.shape.total_steps, peak=self.peak_lr)
 
 
-def _setup(spec: TrialSpec, *, data: ImageData | None, device: torch.device | None,
-           resume_state: dict[str, Any] | None) -> _Run:
+def setup(spec: TrialSpec, *, data: ImageData | None, device: torch.device | None,
+           resume_state: dict[str, Any] | None) -> Run:
     """Device, precision, determinism, data, the method's model (DDP, compile), optimiser and restored state."""
     train = spec.train
     world = distributed.world_size()
@@ -274,7 +276,7 @@ def _setup(spec: TrialSpec, *, data: ImageData | None, device: torch.device | No
         torch.backends.cudnn.benchmark = False
     elif device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    _seed_everything(train.seed)
+    seed_everything(train.seed)
 
     data = data or load_data(train)
     check_data(spec, data)
@@ -295,26 +297,26 @@ def _setup(spec: TrialSpec, *, data: ImageData | None, device: torch.device | No
     scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
     autocast = (torch.autocast(device.type, dtype=torch.float16 if amp == "fp16" else torch.bfloat16)
                 if amp != "off" else nullcontext())
-    progress = _Progress()
+    progress = Progress()
     if resume_state is not None:
         _restore(resume_state, spec, model, optimizer, scaler, method, progress)
-    return _Run(spec, data, device, method, model, ddp_model, optimizer, scaler, autocast, channels_last, shape,
+    return Run(spec, data, device, method, model, ddp_model, optimizer, scaler, autocast, channels_last, shape,
                 train.batch_size // world, train.scaled_lr(), progress, torch.Generator(device=device),
                 warmup_steps=1 if train.compile else 0)
 
 
-def _train_epoch(run: _Run, epoch: int) -> dict[str, Any]:
+def train_epoch(run: Run, epoch: int) -> dict[str, Any]:
     """One epoch of optimiser steps; returns its training metrics (means over the workers)."""
     train, device, method, progress = run.spec.train, run.device, run.method, run.progress
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     run.generator.manual_seed(int(np.random.SeedSequence([train.seed, epoch, distributed.rank()]).generate_state(1)[0]))
-    order = _epoch_order(len(run.data.train), train.seed, epoch, run.per_worker)
+    order = epoch_order(len(run.data.train), train.seed, epoch, run.per_worker)
     loss_sum = torch.zeros((), device=device)
     log_sums: dict[str, torch.Tensor] = {}
     t0 = time.perf_counter()
     timed_steps = 0
-    for batch in _batches(run.data.train.images, run.data.train.labels, order, run.per_worker, device):
+    for batch in read_batches(run.data.train.images, run.data.train.labels, order, run.per_worker, device):
         lr = run.lr(progress.step)
         for group in run.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
@@ -357,11 +359,11 @@ def _train_epoch(run: _Run, epoch: int) -> dict[str, Any]:
         "current_lr": run.lr(progress.step - 1),
         "epoch_time_s": train_time,
         "images_per_s": timed_steps * train.batch_size / train_time if timed_steps else float("nan"),
-        "peak_mem_mb": distributed.all_reduce_max(torch.tensor(_peak_mem_mb(device), device=device)).item(),
+        "peak_mem_mb": distributed.all_reduce_max(torch.tensor(peak_mem_mb(device), device=device)).item(),
     }
 
 
-def _epoch_report(run: _Run, epoch: int, trained: dict[str, Any]) -> dict[str, Any]:
+def epoch_report(run: Run, epoch: int, trained: dict[str, Any]) -> dict[str, Any]:
     """An epoch's report: its training metrics, the method's extras, the evaluation (probes at the end), bests."""
     train, progress = run.spec.train, run.progress
     final = epoch == train.epochs
@@ -409,13 +411,13 @@ def fit(
             ``TrialOutOfMemory`` at the next step or evaluation; None = no limit.
     """
     with MemoryGuard(memory_limit_mb) as guard:
-        run = _setup(spec, data=data, device=device, resume_state=resume_state)
+        run = setup(spec, data=data, device=device, resume_state=resume_state)
         run.memory = guard
         last: dict[str, Any] = {}
         for epoch in range(run.progress.epoch + 1, spec.train.epochs + 1):
-            trained = _train_epoch(run, epoch)
+            trained = train_epoch(run, epoch)
             run.progress.epoch = epoch
-            last = _epoch_report(run, epoch, trained)
+            last = epoch_report(run, epoch, trained)
             guard.check(f"epoch {epoch}'s evaluation")
             stopping = stop_after_epoch is not None and epoch >= stop_after_epoch
             if reporter is not None:
@@ -438,7 +440,7 @@ def evaluate_untrained(spec: TrialSpec, *, data: ImageData | None = None,
                        device: torch.device | None = None) -> dict[str, Any]:
     """The final metrics (kNN and probes) of the method's freshly initialised model: the baseline training must beat."""
     device = device or _device()
-    _seed_everything(spec.train.seed)
+    seed_everything(spec.train.seed)
     data = data or load_data(spec.train)
     method = get_method(spec.method)(spec.method_config, train=spec.train, data=data)
     method.setup(RunShape.of(spec.train, num_samples=len(data.train)))
@@ -447,7 +449,7 @@ def evaluate_untrained(spec: TrialSpec, *, data: ImageData | None = None,
 
 
 def _state(spec: TrialSpec, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-           method: Method, progress: _Progress) -> dict[str, Any]:
+           method: Method, progress: Progress) -> dict[str, Any]:
     """Every piece of state a resume needs (weights, optimiser, scaler, method schedules, loop position, RNG)."""
     return {
         "version": CHECKPOINT_VERSION,
@@ -470,7 +472,7 @@ def changed_fields(saved: dict[str, Any], spec: TrialSpec) -> list[str]:
 
 
 def _restore(state: dict[str, Any], spec: TrialSpec, model: nn.Module, optimizer: torch.optim.Optimizer,
-             scaler: torch.amp.GradScaler, method: Method, progress: _Progress) -> None:
+             scaler: torch.amp.GradScaler, method: Method, progress: Progress) -> None:
     if state.get("version") != CHECKPOINT_VERSION:
         raise ValueError(f"checkpoint version {state.get('version')!r} is not {CHECKPOINT_VERSION}")
     changed = changed_fields(state["spec"], spec)
@@ -500,15 +502,3 @@ class RecordingReporter:
         if state is not None:
             self.state = state
             self.checkpoint_epochs.append(metrics["epoch"])
-
-
-# -- the pieces a fused run (trainables.fused) shares with fit ---------------------------------------------------------
-seed_everything = _seed_everything
-setup = _setup
-train_epoch = _train_epoch
-epoch_order = _epoch_order
-read_batches = _batches
-peak_mem_mb = _peak_mem_mb
-epoch_report = _epoch_report
-Run = _Run
-Progress = _Progress
