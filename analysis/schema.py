@@ -45,7 +45,8 @@ TRIAL_COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("mean_images_per_s", pa.float64(), "mean training throughput over epochs (global images per second)"),
     ("max_peak_mem_mb", pa.float64(), "peak memory of the busiest worker (CUDA allocator on GPU, RSS on CPU)"),
     ("wall_s", pa.float64(), "seconds from the trial's start to its last report"),
-    ("device_s", pa.float64(), "wall_s x devices held (GPUs, or CPUs for CPU trials), summed over workers"),
+    ("device_s", pa.float64(), "wall_s x devices held (GPUs, or CPUs for CPU trials), summed over workers; a fused "
+                               "trial's member is charged its share of each epoch (epoch time / members trained)"),
     ("world_size", pa.int64(), "DDP workers"),
     ("per_worker_batch", pa.int64(), "batch per worker"),
     ("gathered_negatives", pa.bool_(), "in-batch negatives gathered across workers"),

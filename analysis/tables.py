@@ -208,7 +208,7 @@ def build_tables(path: str | os.PathLike) -> SweepTables:
             "mean_images_per_s": _mean(results, "images_per_s"),
             "max_peak_mem_mb": _best(results, "peak_mem_mb", max),
             "wall_s": wall,
-            "device_s": wall * devices * cfg.workers if wall is not None else None,
+            "device_s": _device_s(t, results, wall) * devices * cfg.workers if wall is not None else None,
             "world_size": last.get("world_size"),
             "per_worker_batch": last.get("per_worker_batch"),
             "gathered_negatives": last.get("gathered_negatives"),
@@ -266,6 +266,14 @@ def build_tables(path: str | os.PathLike) -> SweepTables:
         objective=[(o.metric, o.mode) for o in cfg.objective],
         early_rank=ranks,
     )
+
+
+def _device_s(t: TrialFiles, results: list[dict], wall: float) -> float:
+    """Seconds of the trial's devices it is charged: its wall time, or for a member of a fused trial its share of
+    each epoch (the epoch's time over the members trained in it), so a fused sweep's total is its real one."""
+    if t.fused_group is None:
+        return wall
+    return sum((r.get("time_this_iter_s") or 0.0) / max(1, int(r.get("fused_members") or 1)) for r in results)
 
 
 def sweep_status(path: str | os.PathLike) -> tuple[Counter, float]:

@@ -91,15 +91,17 @@ def read_trials(exp: Path) -> list[TrialFiles]:
 
 
 def _members(group: TrialFiles) -> list[TrialFiles]:
-    """A fused Tune trial as its members: a member dropped early is TERMINATED (stopped) whatever the group did
-    after, and carries no error of the group's."""
+    """A fused Tune trial as its members: a member dropped early is TERMINATED (stopped, or errored with its own
+    divergence) whatever the group did after, and carries no error of the group's."""
     out = []
     for mid, sampled, results in member_trials(group.config, group.results):
         dropped = any(r.get("dropped") for r in results)
-        results = [{k: v for k, v in r.items() if k not in ("member", "dropped")} for r in results]
+        own_error = next((r["error"] for r in results if r.get("error")), None)  # it diverged on its own
+        results = [{k: v for k, v in r.items() if k not in ("member", "dropped", "error")} for r in results]
         out.append(dataclasses.replace(
             group, trial_id=mid, config=sampled, results=results, fused_group=group.trial_id,
-            tune_status="TERMINATED" if dropped else group.tune_status, error=None if dropped else group.error))
+            tune_status="TERMINATED" if dropped else group.tune_status,
+            error=own_error or (None if dropped else group.error)))
     return out
 
 

@@ -27,7 +27,7 @@ from search.printing import (
     status_of,
     train_summary,
 )
-from search.spec import COMPLETED, POPULATION_SCHEDULERS, STOPPED, SWEEP_FILE
+from search.spec import COMPLETED, POPULATION_SCHEDULERS, SWEEP_FILE
 from trainables.config import ConfigError, parse_overrides
 
 __all__ = [
@@ -384,7 +384,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         analysis = ExperimentAnalysis(path)
     except (ValueError, FileNotFoundError) as e:
         raise UsageError(f"`name`: no Tune experiment state under {path} yet ({e})") from e
-    from search.fusion import FUSED, latest_members
+    from search.fusion import FUSED, latest_members, member_status
 
     rows = []
     for t in analysis.trials:
@@ -392,7 +392,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         members = latest_members(config, t.last_result) if FUSED in config else [(t.trial_id, config, t.last_result)]
         for trial_id, sampled, last in members:
             last = last or {}
-            status = STOPPED if last.get("dropped") else status_of(t.status, last)
+            status = member_status(last, status_of(t.status, last))
             row = {"trial": trial_id, "status": status, **sampled, "_sampled": tuple(sampled)}
             row.update({k: last.get(k) for k in RESULT_COLUMNS})
             rows.append(row)

@@ -23,12 +23,14 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FUSED", "FUSED_IDS", "MemberPruner", "fused_search_class", "latest_members", "member_id", "member_trials",
-           "members_ended",
+from search.spec import ERRORED, STOPPED
+
+__all__ = ["FUSED", "FUSED_IDS", "MemberPruner", "fused_search_class", "latest_members", "member_id", "member_status",
+           "member_trials", "members_ended",
            "pruner_name", "run_fused_trial", "start_member_pruner"]
 
 FUSED = "fused"  # Tune config key: the members' sampled settings, one dict per member
@@ -44,18 +46,19 @@ def member_trials(config: Mapping[str, Any], results: Sequence[Mapping[str, Any]
                   ) -> list[tuple[str, dict[str, Any], list[dict[str, Any]]]]:
     """A fused Tune trial's members: ``(trial id, sampled settings, per-epoch results)``. Each member result is the
     group's result row (Tune's bookkeeping: timestamp, time_total_s, node, ...) under the member's own metrics, one
-    per epoch the member trained (a dropped member's last row, repeated in later results, is not repeated here; an
-    epoch trained again after a resume, its checkpoint older than the kill, is the rerun's)."""
+    per epoch the member trained (a dropped member's last row, repeated in later results, is not repeated here).
+    When the epochs go back (a trial resumed from a checkpoint older than its last report), the rerun's history
+    replaces the abandoned one from that epoch on."""
     out = []
     for mid, sampled in zip(config[FUSED_IDS], config[FUSED]):
-        rows: dict[Any, dict[str, Any]] = {}
+        rows: list[dict[str, Any]] = []
         for r in results:
             mine = next((m for m in r.get("members", ()) if m.get("trial_id") == mid), None)
             if mine is not None and mine.get("epoch") == r.get("epoch"):
                 group = {k: v for k, v in r.items() if k not in ("members", "fused_members", "finished")}
-                rows.pop(mine.get("epoch"), None)
-                rows[mine.get("epoch")] = {**group, **mine}
-        out.append((mid, dict(sampled), list(rows.values())))
+                rows = [x for x in rows if x["epoch"] < mine["epoch"]]
+                rows.append({**group, **mine})
+        out.append((mid, dict(sampled), rows))
     return out
 
 
@@ -67,6 +70,16 @@ def latest_members(config: Mapping[str, Any], result: Mapping[str, Any] | None
     return [(mid, dict(sampled), rows.get(mid)) for mid, sampled in zip(config[FUSED_IDS], config[FUSED])]
 
 
+def member_status(row: Mapping[str, Any] | None, group_status: str | None) -> str | None:
+    """A member's status from its latest row: ``errored`` when it diverged on its own, ``stopped`` when it was
+    dropped early, else its group's (None: let the caller derive it)."""
+    if row and row.get("error"):
+        return ERRORED
+    if row and row.get("dropped"):
+        return STOPPED
+    return group_status
+
+
 def pruner_name(sweep: str) -> str:
     return f"csweep-member-pruner-{sweep}"
 
@@ -76,23 +89,50 @@ def pruner_name(sweep: str) -> str:
 
 
 class MemberPruner:
-    """ASHA over members (asynchronous successive halving, as Tune's ``ASHAScheduler``): rungs at epochs
-    ``grace * rf**k < max_epochs``; a member reaching a rung with a value in the bottom ``1 - 1/rf`` of the values
-    recorded there (itself included) is stopped. ``scheduler="fifo"``: nobody is stopped.
+    """ASHA over members (asynchronous successive halving, as Tune's ``ASHAScheduler``): rungs at the first epochs
+    ``>= grace * rf**k`` before the last epoch; a member reaching a rung with a value in the bottom ``1 - 1/rf`` of
+    the values recorded there (itself included) is stopped. ``scheduler="fifo"``: nobody is stopped.
 
-    Its records live in memory; a resumed sweep seeds them from the study's intermediate values when the rung
-    metric is the study's objective (``seed``). Run as a Ray actor by :func:`start_member_pruner`, or directly.
+    A member is judged once per rung: a trial resumed from an older checkpoint that reaches a rung again gets the
+    same decision, not a new one against more values. Records live in memory, seeded from the sweep's Optuna study
+    (``study``: name and storage URL; its intermediate values when ``rung_values`` is true, i.e. the rung metric is
+    the objective; its PRUNED members' decisions always), so a resumed sweep or a restarted actor goes on where the
+    last left off; ``seed`` gives records directly (tests). Run as a Ray actor by :func:`start_member_pruner`.
     """
 
     def __init__(self, *, scheduler: str, grace_period: int, reduction_factor: float, max_epochs: int, mode: str,
-                 seed: Mapping[int, Mapping[str, float]] | None = None) -> None:
+                 seed: Mapping[int, Mapping[str, float]] | None = None, study: tuple[str, str] | None = None,
+                 rung_values: bool = True) -> None:
         self.scheduler, self.mode, self.rf = scheduler, mode, float(reduction_factor)
         self.rungs: list[int] = []
         r = float(grace_period)
-        while scheduler != "fifo" and r < max_epochs:
-            self.rungs.append(int(round(r)))
+        while scheduler != "fifo" and math.ceil(r - 1e-9) < max_epochs:
+            self.rungs.append(math.ceil(r - 1e-9))
             r *= self.rf
         self.recorded: dict[int, dict[str, float]] = {r: dict((seed or {}).get(r, {})) for r in self.rungs}
+        self.decided: dict[tuple[str, int], bool] = {}  # (member, rung) -> stopped there
+        if study is not None:
+            self._seed_from_study(*study, rung_values=rung_values)
+
+    def _seed_from_study(self, name: str, url: str, *, rung_values: bool) -> None:
+        import optuna
+
+        try:
+            study = optuna.load_study(study_name=name, storage=url)
+        except KeyError:
+            return
+        for t in study.get_trials(deepcopy=False):
+            mid = t.user_attrs.get("tune_trial_id")
+            if not mid or not t.user_attrs.get("fused_group") or t.user_attrs.get("csweep_orphaned"):
+                continue
+            last = max(t.intermediate_values, default=0)
+            for rung in self.rungs:
+                if rung_values and rung in t.intermediate_values:
+                    self.recorded[rung][mid] = t.intermediate_values[rung]
+                if rung < last:
+                    self.decided[(mid, rung)] = False
+                elif rung == last and t.state == optuna.trial.TrialState.PRUNED:
+                    self.decided[(mid, rung)] = True
 
     def decide(self, reports: Sequence[tuple[str, int, float | None]]) -> list[str]:
         """``(member id, epoch, rung metric)`` per surviving member -> the members to stop now."""
@@ -100,36 +140,22 @@ class MemberPruner:
 
         stop = []
         for mid, epoch, value in reports:
+            if (mid, epoch) in self.decided:
+                if self.decided[(mid, epoch)]:
+                    stop.append(mid)
+                continue
             if epoch not in self.recorded or value is None or not math.isfinite(value):
                 continue
             self.recorded[epoch][mid] = float(value)
             values = list(self.recorded[epoch].values())
             if self.mode == "max":
-                cutoff = np.nanpercentile(values, (1 - 1 / self.rf) * 100)
-                stopped = value < cutoff
+                stopped = value < np.nanpercentile(values, (1 - 1 / self.rf) * 100)
             else:
-                cutoff = np.nanpercentile(values, 100 / self.rf)
-                stopped = value > cutoff
+                stopped = value > np.nanpercentile(values, 100 / self.rf)
+            self.decided[(mid, epoch)] = bool(stopped)
             if stopped:
                 stop.append(mid)
         return stop
-
-
-def _study_rung_values(cfg) -> dict[int, dict[str, float]]:
-    """epoch -> {member id: intermediate value} of this sweep's fused members, from its Optuna study."""
-    import optuna
-
-    try:
-        study = optuna.load_study(study_name=cfg.name, storage=cfg.study_url)
-    except KeyError:
-        return {}
-    out: dict[int, dict[str, float]] = {}
-    for t in study.get_trials(deepcopy=False):
-        mid = t.user_attrs.get("tune_trial_id")
-        if mid and t.user_attrs.get("fused_group"):
-            for epoch, value in t.intermediate_values.items():
-                out.setdefault(int(epoch), {})[mid] = value
-    return out
 
 
 def members_ended(cfg) -> int:
@@ -149,12 +175,12 @@ def start_member_pruner(cfg):
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     rung = cfg.scheduler_objective
-    seed = _study_rung_values(cfg) if rung.metric == cfg.objective[0].metric else {}
-    actor = ray.remote(num_cpus=0)(MemberPruner).options(
+    actor = ray.remote(num_cpus=0, max_restarts=-1)(MemberPruner).options(
         name=pruner_name(cfg.name), get_if_exists=True,
         scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False))
     return actor.remote(scheduler=cfg.scheduler, grace_period=cfg.resolved_grace_period,
-                        reduction_factor=cfg.reduction_factor, max_epochs=cfg.epochs, mode=rung.mode, seed=seed)
+                        reduction_factor=cfg.reduction_factor, max_epochs=cfg.epochs, mode=rung.mode,
+                        study=(cfg.name, cfg.study_url), rung_values=rung.metric == cfg.objective[0].metric)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -192,7 +218,7 @@ def run_fused_trial(config: Mapping[str, Any], cfg) -> None:
                                                  for m in metrics])))
         return [m["member"] for m in metrics if ids[m["member"]] in stop]
 
-    def report(metrics: list[dict[str, Any]], fused_state: dict[str, Any]) -> None:
+    def report(metrics: list[dict[str, Any]], fused_state: Callable[[], dict[str, Any]]) -> None:
         for m in metrics:
             latest[ids[m["member"]]] = {**m, "trial_id": ids[m["member"]]}
         alive = [m for m in metrics if not m.get("dropped")] or metrics
@@ -203,8 +229,9 @@ def run_fused_trial(config: Mapping[str, Any], cfg) -> None:
                   **worker_facts()}
         if values:  # the group's best member: Tune's own bookkeeping wants the searcher's metric in every result
             result[objective.metric] = max(values) if objective.mode == "max" else min(values)
-        due = fused_state and (checkpoint_due(train, epoch) or any(m.get("dropped") for m in metrics))
-        TuneReporter().report(result, {**fused_state, "csweep_rows": latest} if due else None)
+        due = checkpoint_due(train, epoch) or any(m.get("dropped") for m in metrics)
+        state = fused_state() if due else None
+        TuneReporter().report(result, {**state, "csweep_rows": latest} if state else None)
 
     fit_fused(specs, prune=prune, report=report, resume_state=state, memory_limit_mb=cfg.memory_per_worker_mb)
 
@@ -256,6 +283,8 @@ def fused_search_class():
             return True
 
         def suggest(self, trial_id: str):
+            if self._full():
+                return None
             members: list[tuple[Any, dict]] = []
             if self._carry:
                 members.append(self._carry.pop(0))
@@ -280,6 +309,7 @@ def fused_search_class():
                 self._group_of[mid] = trial_id
                 ot_trial.set_user_attr("tune_trial_id", mid)
                 ot_trial.set_user_attr("fused_group", trial_id)
+            self._running.add(trial_id)
             return {FUSED: [params for _, params in members], FUSED_IDS: ids}
 
         # -- restoring ---------------------------------------------------------------------------------------------------
@@ -291,6 +321,11 @@ def fused_search_class():
             if "://" not in str(root) and root.is_dir():
                 for group in experiment_state(root):
                     self._known_group(group)
+            storage = self._ot_study._storage
+            # carried configurations that an interrupted driver marked FAIL (orphaned) go on as RUNNING copies
+            self._carry = [(self._revive(storage.get_trial(ot._trial_id)), params)
+                           if storage.get_trial(ot._trial_id).state.is_finished() else (ot, params)
+                           for ot, params in self._carry]
 
         def _known_group(self, group: str) -> bool:
             if group in self._groups:
@@ -327,11 +362,14 @@ def fused_search_class():
                 if mid not in self._groups[trial_id] or row.get("epoch") != result.get("epoch"):
                     continue  # an earlier-dropped member's last row: told then
                 super().on_trial_result(mid, row)
-                if row.get("dropped"):
+                if row.get("error"):  # diverged on its own: FAIL with its error, the others go on
+                    super().on_trial_complete(mid, row, error=True, reason=row["error"])
+                elif row.get("dropped"):
                     super().on_trial_complete(mid, row)  # not finished: PRUNED with its last value
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False,
-                              error_trial_id: str | None = None) -> None:
+                              error_trial_id: str | None = None, reason: str | None = None) -> None:
+            self._running.discard(trial_id)
             if not self._known_group(trial_id):
                 return None
             rows = {r.get("trial_id"): r for r in (result or {}).get("members", ())}

@@ -74,7 +74,7 @@ def sampled_keys(rows: Iterable[Mapping[str, Any]]) -> set[str]:
 
 def result_rows(result) -> list[dict[str, Any]]:
     """A ``ray.tune.Result`` as leaderboard rows: one, or one per member of a fused trial (search/fusion.py)."""
-    from search.fusion import FUSED, latest_members
+    from search.fusion import FUSED, latest_members, member_status
 
     metrics = result.metrics or {}
     if FUSED in (result.config or {}):
@@ -82,8 +82,7 @@ def result_rows(result) -> list[dict[str, Any]]:
         for mid, sampled, mine in latest_members(result.config, metrics):
             row = {**(mine or {}), **sampled, "_sampled": tuple(sampled), "trial": mid,
                    "fused_group": metrics.get("trial_id")}
-            dropped = bool((mine or {}).get("dropped"))
-            row["status"] = ERRORED if result.error is not None and not dropped else finished_status(row)
+            row["status"] = member_status(mine, ERRORED if result.error is not None else finished_status(row))
             rows.append(row)
         return rows
     config = {k: v for k, v in (result.config or {}).items() if not k.startswith("__")}

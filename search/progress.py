@@ -14,7 +14,7 @@ from typing import Any, TextIO
 
 from ray.tune import Callback
 
-from search.fusion import FUSED, latest_members
+from search.fusion import FUSED, latest_members, member_status
 from search.printing import RESULT_COLUMNS, finished_status, fmt, format_table, status_of
 from search.spec import COMPLETED, ERRORED, STOPPED
 
@@ -77,8 +77,8 @@ class ProgressTable(Callback):
     ) -> None:
         if FUSED in trial.config:  # one row per member (search/fusion.py)
             for mid, sampled, row in latest_members(trial.config, result):
-                own = STOPPED if row and row.get("dropped") else status and (
-                    finished_status(row) if status in (COMPLETED, STOPPED) else status)
+                own = member_status(row, status and (finished_status(row) if status in (COMPLETED, STOPPED)
+                                                     else status))
                 self._update_row(mid, trial.status, sampled, row, own, fused_group=trial.trial_id)
         else:
             self._update_row(trial.trial_id, trial.status, trial.config, result, status)
@@ -99,7 +99,7 @@ class ProgressTable(Callback):
             if better:
                 self._best = (float(value), trial_id)
         previous = self._rows.get(trial_id, {})
-        if previous.get("status") == STOPPED and fused_group:
+        if previous.get("status") in (STOPPED, ERRORED) and fused_group:
             return  # a dropped member stays as it was dropped
         merged = result if result is not None else {k: previous.get(k) for k in RESULT_COLUMNS}
         status = status or status_of(tune_status, merged)

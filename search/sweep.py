@@ -416,6 +416,8 @@ def _study_search_class():
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
+    from analysis.tune_files import experiment_state
+
     State = optuna.trial.TrialState
 
     class StudySearch(OptunaSearch):
@@ -423,9 +425,34 @@ def _study_search_class():
             super().__init__(*args, **kwargs)
             self._experiment_path = experiment_path
             self._fixed_method = fixed_method
+            self._max_concurrent = 0  # Tune's max_concurrent_trials, enforced here (set_max_concurrency)
+            self._running: set[str] = set()  # Tune trials suggested and not yet complete
+
+        # -- concurrency -------------------------------------------------------------------------------------------
+        def set_max_concurrency(self, max_concurrent: int) -> bool:
+            """Limit concurrency here rather than in Tune's ``ConcurrencyLimiter``: on resume the limiter's list of
+            live trials comes from a snapshot that may predate trials Tune restores, and it silently drops their
+            ``on_trial_complete``, so their ends would never reach the study. Here ``restore`` rebuilds the list
+            from the experiment state Tune restores."""
+            self._max_concurrent = max_concurrent
+            return True
+
+        def _full(self) -> bool:
+            return bool(self._max_concurrent) and len(self._running) >= self._max_concurrent
+
+        def restore(self, checkpoint_path: str) -> None:
+            super().restore(checkpoint_path)
+            root = Path(self._experiment_path.removeprefix("file://"))
+            local = "://" not in str(root) and root.is_dir()  # remote: unknown, so no limit until they end
+            self._running = {t for t, s in experiment_state(root).items()
+                             if s.get("status") != "TERMINATED"} if local else set()
 
         def suggest(self, trial_id: str):
+            if self._full():
+                return None
             config = super().suggest(trial_id)
+            if config is not None:
+                self._running.add(trial_id)
             if trial_id in self._ot_trials:
                 ot_trial = self._ot_trials[trial_id]
                 ot_trial.set_user_attr("tune_trial_id", trial_id)
@@ -482,6 +509,11 @@ def _study_search_class():
                 # end. Its record stands; a copy would count the configuration twice.
                 self._completed_trials.add(trial_id)
                 return None
+            self._ot_trials[trial_id] = self._revive(old)
+            return self._ot_trials[trial_id]
+
+        def _revive(self, old) -> optuna.Trial:
+            """A RUNNING copy of the orphaned record ``old`` (a FrozenTrial), which stays FAIL."""
             attrs = {k: v for k, v in old.user_attrs.items() if k != "csweep_orphaned"}
             copy = optuna.trial.create_trial(
                 state=State.RUNNING, params=old.params, distributions=old.distributions,
@@ -489,8 +521,7 @@ def _study_search_class():
                 user_attrs={**attrs, "csweep_resumed_from": old.number})
             self._ot_study.add_trial(copy)
             new_id = max(t._trial_id for t in self._ot_study.get_trials(deepcopy=False))
-            self._ot_trials[trial_id] = optuna.Trial(self._ot_study, new_id)
-            return self._ot_trials[trial_id]
+            return optuna.Trial(self._ot_study, new_id)
 
         def _note_dir(self, trial_id: str) -> Path | None:
             ot_trial = self._live(trial_id)
@@ -518,9 +549,10 @@ def _study_search_class():
                 ot_trial.report(float(result[self.metric]), step)
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False,
-                              error_trial_id: str | None = None) -> None:
+                              error_trial_id: str | None = None, reason: str | None = None) -> None:
             """``error_trial_id``: the Tune trial whose ``error.txt`` names the error (a seed of ``--repeats``;
-            default ``trial_id`` itself)."""
+            default ``trial_id`` itself); ``reason``: the error line itself, when known (a fused member's)."""
+            self._running.discard(trial_id)
             if trial_id in self._completed_trials:
                 return super().on_trial_complete(trial_id, result, error)  # Tune's warning: told twice
             if not self._known(trial_id):  # asked by no study this searcher can read: nothing to tell
@@ -535,7 +567,7 @@ def _study_search_class():
                 failed = error_trial_id or trial_id
                 if failed != trial_id:
                     path = self._trial_dir(failed)
-                reason = _error_line(path) or _error_line(self._staged_dir(failed))
+                reason = reason or _error_line(path) or _error_line(self._staged_dir(failed))
                 if reason:
                     ot_trial.set_user_attr("csweep_error", reason)
                 state = State.FAIL

@@ -169,12 +169,22 @@ def test_fused_step_equals_each_members_unfused_step(method: str, data) -> None:
                 torch.testing.assert_close(fused_state[name], t, rtol=1e-5, atol=1e-5, msg=name)
 
 
-def test_a_setting_the_loss_cannot_take_per_member_is_a_fuse_error(data) -> None:
-    """cross_entropy needs a Python float label_smoothing: members differing in it fail with FuseError naming it."""
-    specs = [TrialSpec.from_settings("ce", {**TINY, "label_smoothing": s}, preset="digits") for s in (0.0, 0.1)]
+def test_label_smoothing_may_differ_per_member(data) -> None:
+    """CE's label smoothing reaches its loss as a per-member tensor: each member's fused loss is its own."""
+    specs = [TrialSpec.from_settings("ce", {**TINY, "label_smoothing": s}, preset="digits") for s in (0.0, 0.3)]
     run = FusedRun(specs, data=data, device=torch.device("cpu"))
-    with pytest.raises(FuseError, match="label_smoothing"):
-        run.train_step(_first_batches(run, 1))
+    batches = _first_batches(run, 1)
+    refs = [_reference(run, k, b)[2] for k, b in enumerate(batches)]
+    losses, _ = run.train_step(batches)
+    torch.testing.assert_close(losses, torch.stack(refs).detach(), rtol=1e-5, atol=1e-5)
+    assert losses[1] > losses[0]  # smoothing adds the uniform term: the two members did not share a value
+
+
+def test_a_method_whose_loss_draws_random_numbers_is_a_fuse_error() -> None:
+    """CMC draws its bank negatives inside ``loss``; vmap refuses that, so check_fusable does before anything runs."""
+    specs = [TrialSpec.from_settings("cmc", {**TINY, "lr": lr}, preset="digits") for lr in (0.01, 0.02)]
+    with pytest.raises(FuseError, match="cmc cannot be fused: its loss draws random numbers"):
+        check_fusable(specs)
 
 
 def test_drop_keeps_survivors_exactly_and_trains_on(data) -> None:
@@ -205,7 +215,7 @@ def test_fused_fit_equals_unfused_fit_and_resumes_exactly(data) -> None:
     states: list[dict] = []
     reports: list[list[dict]] = []
     fused = fit_fused(specs, data=data, device=torch.device("cpu"),
-                      report=lambda m, s: (reports.append(m), states.append(s)) and None)
+                      report=lambda m, s: (reports.append(m), states.append(s())) and None)
     after_1 = states[0]
     for k, spec in enumerate(specs):
         rec = RecordingReporter()
@@ -239,7 +249,7 @@ def test_fit_fused_prunes_members_before_the_report_and_checkpoints_only_survivo
         return [1] if metrics[0]["epoch"] == 1 else []
 
     def report(metrics, state):
-        seen.append(([(m["member"], bool(m.get("dropped"))) for m in metrics], state.get("member_ids")))
+        seen.append(([(m["member"], bool(m.get("dropped"))) for m in metrics], state().get("member_ids")))
 
     finals = fit_fused(specs, data=data, device=torch.device("cpu"), prune=prune, report=report)
     assert asked == [[0, 1, 2], [0, 2]]  # epoch 3 is the last: prune is not asked
@@ -257,3 +267,22 @@ def test_fit_fused_keeps_the_memory_limit(data) -> None:
 
     with pytest.raises(TrialOutOfMemory, match=r"epoch 1, step 1, over memory_per_worker=1 MB"):
         fit_fused(specs_for("supcon", epochs=1), data=data, device=torch.device("cpu"), memory_limit_mb=1)
+
+
+def test_a_diverged_member_is_dropped_with_its_error_and_the_others_train_on(data) -> None:
+    """Member 1's lr makes its loss NaN in epoch 1: it leaves at the end of that epoch, unevaluated, with the error
+    an unfused trial would raise; members 0 and 2 end as a fused run of the two of them does (their rows of the
+    stacks never mix with its)."""
+    specs = [TrialSpec.from_settings("supcon", {**TINY, "batch_size": 256, "lr": lr, "seed": 0}, preset="digits")
+             for lr in (0.05, 1e9, 0.1)]
+    seen: list[list[dict]] = []
+    finals = fit_fused(specs, data=data, device=torch.device("cpu"), report=lambda m, s: seen.append(m))
+    first = {m["member"]: m for m in seen[0]}
+    assert first[1]["dropped"] and first[1]["error"].startswith("FloatingPointError: loss is nan at epoch 1, step ")
+    assert "knn_top1" not in first[1] and "knn_top1" in first[0] and not first[0].get("dropped")
+    assert [m["member"] for m in seen[1]] == [0, 2] and [f["epoch"] for f in finals] == [2, 1, 2]
+    pair = fit_fused([specs[0], specs[2]], data=data, device=torch.device("cpu"))
+    for mine, ref in zip([finals[0], finals[2]], pair):
+        assert mine["train_loss"] == pytest.approx(ref["train_loss"], rel=1e-4)
+    with pytest.raises(FloatingPointError, match="loss is nan at epoch 1"):  # all of them: the run fails
+        fit_fused([specs[1]], data=data, device=torch.device("cpu"))

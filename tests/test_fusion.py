@@ -45,7 +45,7 @@ def _searcher(tmp_path: Path, *, fuse: int, budget: int, points=None):
 
 def _trials(tmp_path: Path) -> dict[str, optuna.trial.FrozenTrial]:
     study = optuna.load_study(study_name="fz", storage=f"sqlite:///{tmp_path / 'study.db'}")
-    return {t.user_attrs["tune_trial_id"]: t for t in study.trials}
+    return {t.user_attrs["tune_trial_id"]: t for t in study.trials if "tune_trial_id" in t.user_attrs}
 
 
 def test_searcher_asks_fusable_groups_of_k_and_exactly_the_budget(tmp_path):
@@ -217,6 +217,12 @@ def test_fused_sweep_is_killed_resumed_and_tabulated_member_by_member(tmp_path):
     assert all(v == list(range(1, len(v) + 1)) for v in per_trial)  # one row per epoch trained, resume or not
     assert (trials.set_index("trial_id")["epochs_run"] == per_trial.map(len)).all()
 
+    # each member is charged its share of the fused trial's device time, not all of it
+    cfg = json.loads((tmp_path / "fz" / "sweep.json").read_text())
+    charged = trials.groupby("fused_group")["device_s"].sum()
+    held = trials.groupby("fused_group")["wall_s"].max() * cfg["cpus_per_worker"]
+    assert (charged <= 1.25 * held).all() and (charged >= 0.5 * held).all(), (charged, held)
+
     status = run_cli("status", "fz", "--storage-path", str(tmp_path))
     assert status.returncode == 0 and "5 of 5 trial(s)" in status.stdout
     for row in trials.itertuples():
@@ -257,3 +263,82 @@ def test_progress_table_and_leaderboard_show_members_as_trials():
         ("g-0", "stopped", "g", 0.1), ("g-1", "completed", "g", 0.2)]
     errored = result_rows(SimpleNamespace(config=config, metrics=epoch2, error=RuntimeError("x")))
     assert [r["status"] for r in errored] == ["stopped", "errored"]
+
+
+def _experiment_state(tmp_path: Path, statuses: dict[str, str]) -> None:
+    (tmp_path / "fz").mkdir(exist_ok=True)
+    (tmp_path / "fz" / "experiment_state-2026.json").write_text(json.dumps({"trial_data": [
+        [json.dumps({"trial_id": t, "status": s}), json.dumps({})] for t, s in statuses.items()]}))
+
+
+def test_concurrency_is_limited_by_the_searcher_so_restored_groups_are_told(tmp_path):
+    """Tune wraps the searcher in a ConcurrencyLimiter, whose list of live trials comes back from an old snapshot
+    and which then drops the end of a trial missing from it. The searcher limits concurrency itself, so the
+    limiter forwards every call; on restore its live set is the experiment state's unfinished trials."""
+    from ray.tune.search import ConcurrencyLimiter
+
+    first = ConcurrencyLimiter(_searcher(tmp_path, fuse=2, budget=6), max_concurrent=1)
+    assert first.suggest("g1") is not None and first.suggest("g2") is None  # one at a time
+    first.searcher.save(str(tmp_path / "searcher.pkl"))  # Tune's snapshot, then g1 ends and g2 starts
+    first.on_trial_complete("g1", {"epoch": 4, "members": [
+        {"trial_id": f"g1-{k}", "epoch": 4, "knn_top1": 0.5, "finished": True} for k in range(2)]})
+    assert first.suggest("g2") is not None
+    _experiment_state(tmp_path, {"g1": "TERMINATED", "g2": "RUNNING"})
+    resumed = ConcurrencyLimiter(_searcher(tmp_path, fuse=2, budget=6), max_concurrent=1)
+    resumed.restore(str(tmp_path / "searcher.pkl"))
+    assert resumed.suggest("g3") is None  # g2 runs (the experiment state says so, the snapshot does not)
+    resumed.on_trial_complete("g2", {"epoch": 4, "members": [
+        {"trial_id": f"g2-{k}", "epoch": 4, "knn_top1": 0.6, "finished": True} for k in range(2)]})
+    t = _trials(tmp_path)
+    assert t["g2-0"].state == State.COMPLETE and t["g2-1"].value == 0.6
+    assert resumed.suggest("g3") is not None and resumed.suggest("g4") is None
+
+
+def test_a_carried_configuration_orphaned_by_an_interrupt_goes_on_as_a_copy(tmp_path):
+    """Ctrl-C marks every RUNNING Optuna trial FAIL, the carried one too (asked, not yet placed); the resumed
+    searcher places a RUNNING copy of it instead of failing on the finished record."""
+    from search.sweep import fail_orphaned_study_trials
+
+    points = [{"method": "supcon", "lr": 0.05, "temperature": 0.1}, {"method": "simclr", "lr": 0.1,
+                                                                         "temperature": 0.2}]
+    search = _searcher(tmp_path, fuse=2, budget=4, points=points)
+    search.suggest("g1")  # the simclr point is carried
+    search.save(str(tmp_path / "searcher.pkl"))
+    cfg = SweepConfig(name="fz", space="quickstart", storage_path=str(tmp_path),
+                      study_storage=f"sqlite:///{tmp_path / 'study.db'}")
+    assert fail_orphaned_study_trials(cfg) == 3
+    resumed = _searcher(tmp_path, fuse=2, budget=4)  # Tune unpickles it: the points are not enqueued again
+    resumed.restore(str(tmp_path / "searcher.pkl"))
+    g2 = resumed.suggest("g2")
+    assert g2[FUSED][0] == points[1]
+    copy = _trials(tmp_path)["g2-0"]
+    assert copy.state == State.RUNNING and "csweep_resumed_from" in copy.user_attrs
+
+
+def test_member_pruner_judges_a_member_once_per_rung_and_resumes_from_the_study(tmp_path):
+    """A member reaching a rung again (its trial resumed from an older checkpoint) gets its first decision, not a
+    new one against values recorded since; a pruner started on a resumed sweep knows the study's decisions."""
+    p = MemberPruner(scheduler="asha", grace_period=2, reduction_factor=2, max_epochs=8, mode="max")
+    assert p.decide([("a", 2, 0.9), ("b", 2, 0.5)]) == ["b"]
+    assert p.decide([("c", 2, 0.1), ("d", 2, 0.2), ("e", 2, 0.15)]) == ["c", "d", "e"]
+    assert p.decide([("a", 2, 0.9), ("b", 2, 0.5)]) == ["b"]  # as before, though b now beats the median
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="fz", storage=url, direction="maximize")
+    dist = {"lr": optuna.distributions.FloatDistribution(0.01, 1.0)}
+    for mid, values, state in [("g-0", {1: 0.5, 2: 0.4}, State.PRUNED), ("g-1", {1: 0.6, 2: 0.7, 3: 0.8}, State.RUNNING)]:
+        study.add_trial(optuna.trial.create_trial(
+            state=state, params={"lr": 0.1}, distributions=dist, intermediate_values=values,
+            value=values[max(values)] if state != State.RUNNING else None,
+            user_attrs={"tune_trial_id": mid, "fused_group": "g"}))
+    seeded = MemberPruner(scheduler="asha", grace_period=2, reduction_factor=2, max_epochs=8, mode="max",
+                          study=("fz", url))
+    assert seeded.recorded[2] == {"g-0": 0.4, "g-1": 0.7}
+    assert seeded.decide([("g-0", 2, 0.99), ("g-1", 2, 0.0)]) == ["g-0"]  # the study's decisions stand
+
+
+def test_a_rerun_epoch_replaces_the_abandoned_history():
+    config = {FUSED: [{"lr": 0.1}], FUSED_IDS: ["g-0"]}
+    results = [{"epoch": e, "members": [{"trial_id": "g-0", "epoch": e, "knn_top1": v}]}
+               for e, v in [(1, 0.1), (2, 0.2), (3, 0.3), (2, 0.25), (3, 0.35), (4, 0.4)]]
+    ((_, _, rows),) = member_trials(config, results)
+    assert [(r["epoch"], r["knn_top1"]) for r in rows] == [(1, 0.1), (2, 0.25), (3, 0.35), (4, 0.4)]

@@ -81,6 +81,7 @@ BAD = [
     (["run", "supcon", "--fuse", "4", "--scheduler", "hyperband"], "`scheduler` must be one of asha, fifo"),
     (["run", "supcon", "--fuse", "2", "--repeats", "2"], "`fuse=2` tells each member's Optuna trial one value"),
     (["run", "supcon", "--fuse", "2", "--set", "compile=true"], "`compile` must be false in a fused trial"),
+    (["run", "cmc", "--fuse", "2", "--set", "nce_k=64"], "method cmc cannot be fused: its loss draws random numbers"),
     (["run", "supcon", "--concurrency", "0"], "`1 <= concurrency`"),
     (["run", "supcon", "--reduction-factor", "1"], "`1.0 < reduction_factor`"),
     (["run", "supcon", "--grace-period", "0"], "`1 <= grace_period`"),

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainables.losses import supcon_loss
+from trainables.losses import cross_entropy_loss, supcon_loss
 
 
 def naive_supcon(
@@ -200,3 +200,22 @@ def test_invalid_shapes() -> None:
         supcon_loss(random_features(4, 2), torch.arange(3))
     with pytest.raises(ValueError, match="`labels`"):
         supcon_loss(random_features(4, 2), torch.arange(4)[:, None])
+
+
+def test_cross_entropy_loss_is_its_formula_and_torchs_label_smoothing():
+    """Hand case: two classes, logits (0, 0) -> p = (1/2, 1/2): every term is log 2 whatever eps. Random inputs:
+    equal to F.cross_entropy(label_smoothing=eps); a 0-dim tensor eps (a fused member's) gives the same."""
+    assert cross_entropy_loss(torch.zeros(3, 2), torch.tensor([0, 1, 1]), label_smoothing=0.3).item() == \
+        pytest.approx(math.log(2))
+    # logits (log 3, 0): p = (3/4, 1/4); label 0, eps 0.5: 0.5 * -log(3/4) + 0.5 * (-log(3/4) - log(1/4)) / 2
+    hand = 0.5 * -math.log(0.75) + 0.25 * (-math.log(0.75) - math.log(0.25))
+    assert cross_entropy_loss(torch.tensor([[math.log(3), 0.0]]), torch.tensor([0]),
+                              label_smoothing=0.5).item() == pytest.approx(hand)
+    g = torch.Generator().manual_seed(0)
+    logits, labels = torch.randn(16, 7, generator=g), torch.randint(0, 7, (16,), generator=g)
+    for eps in (0.0, 0.1, 0.45):
+        ref = F.cross_entropy(logits, labels, label_smoothing=eps)
+        torch.testing.assert_close(cross_entropy_loss(logits, labels, label_smoothing=eps), ref)
+        torch.testing.assert_close(cross_entropy_loss(logits, labels, label_smoothing=torch.tensor(eps)), ref)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        cross_entropy_loss(logits, labels, label_smoothing=1.0)

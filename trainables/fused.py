@@ -90,6 +90,9 @@ def check_fusable(specs: Sequence[TrialSpec]) -> None:
     methods = sorted({s.method for s in specs})
     if len(methods) > 1:
         raise FuseError(f"fused trials must share `method`, but the members have method={', '.join(methods)}")
+    if get_method(first.method).loss_draws_random:
+        raise FuseError(f"method {first.method} cannot be fused: its loss draws random numbers, which "
+                        "torch.func.vmap does not allow per member; run it without --fuse")
     train = first.train
     if train.compile:
         raise FuseError("`compile` must be false in a fused trial (torch.compile of vmap is not supported), "
@@ -262,6 +265,7 @@ class FusedRun:
         self._bind()
         self.step = 0
         self.memory = MemoryGuard(None)  # fit_fused's guard of the worker's memory limit
+        self.diverged: dict[int, str] = {}  # member index -> its error, since its loss was first non-finite
         if resume_state is not None:
             self._restore(resume_state)
 
@@ -284,6 +288,7 @@ class FusedRun:
         keep = [k for k in range(len(self.members)) if k not in gone]
         if not keep:
             raise ValueError("`members` must leave at least one member, but would drop all of them")
+        self.diverged = {keep.index(i): e for i, e in self.diverged.items() if i in keep}
         rows = torch.tensor(keep, device=self.device)
         self.params = {n: p.detach()[rows].requires_grad_(p.requires_grad) for n, p in self.params.items()}
         self.buffers = {n: b[rows] for n, b in self.buffers.items()}
@@ -359,11 +364,15 @@ class FusedRun:
                     else torch.autocast(self.device.type, enabled=False))
         with autocast:
             losses, logs, stash = self._losses(views, *stacked)
-        bad = [i for i in range(k) if not torch.isfinite(losses[i])]
-        if bad:
-            raise FloatingPointError(f"loss is {losses[bad[0]].item()} for member {bad[0]} at epoch {epoch}, "
-                                     f"step {self.step}: the trial diverged (lower lr or temperature)")
+        for i in range(k):
+            if i not in self.diverged and not torch.isfinite(losses[i]):
+                self.diverged[i] = (f"FloatingPointError: loss is {losses[i].item()} at epoch {epoch}, step "
+                                    f"{self.step}: the trial diverged (lower lr or temperature)")
+        if len(self.diverged) == k:
+            raise FloatingPointError(self.diverged[0].removeprefix("FloatingPointError: "))
         self.optimizer.zero_grad()
+        # a diverged member trains on (its rows of the stacks alone turn non-finite) until the epoch ends and
+        # fit_fused drops it; the others' gradients never mix with its
         losses.sum().backward()
         self._clip()
         self.optimizer.step(self._lrs())
@@ -406,11 +415,13 @@ class FusedRun:
                 for i, m in enumerate(self.members)]
 
     def report(self, epoch: int, trained: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Each member's report of ``epoch`` (its own kNN monitor, probes at the end, bests), as ``fit`` makes it."""
+        """Each member's report of ``epoch`` (its own kNN monitor, probes at the end, bests), as ``fit`` makes it; a
+        diverged member's is its training metrics and ``error``, unevaluated."""
         out = []
-        for m, t in zip(self.members, trained):
+        for i, (m, t) in enumerate(zip(self.members, trained)):
             m.progress.epoch = epoch
-            out.append(epoch_report(m, epoch, t))
+            out.append({"epoch": epoch, **t, "error": self.diverged[i]} if i in self.diverged
+                       else epoch_report(m, epoch, t))
         return out
 
     # -- checkpoints -----------------------------------------------------------------------------------------------------
@@ -461,7 +472,7 @@ def fit_fused(
     specs: Sequence[TrialSpec],
     *,
     prune: Callable[[list[dict[str, Any]]], Sequence[int]] | None = None,
-    report: Callable[[list[dict[str, Any]], dict[str, Any]], None] | None = None,
+    report: Callable[[list[dict[str, Any]], Callable[[], dict[str, Any]]], None] | None = None,
     resume_state: dict[str, Any] | None = None,
     data: ImageData | None = None,
     device: torch.device | None = None,
@@ -473,9 +484,11 @@ def fit_fused(
 
     Every epoch, the surviving members' reports (each with ``member``, its index in ``specs``) go first to
     ``prune(metrics)``, which may return members (indices into ``specs``) to drop: early stopping per member, the
-    others go on (a drop at the last epoch changes nothing). Then ``report(metrics, state)`` gets them (the dropped
-    ones marked ``dropped: True``) with the fused checkpoint state of the survivors (``member_ids``: their indices).
-    ``resume_state`` is such a state; ``specs`` are then still all the members, dropped ones included.
+    others go on (a drop at the last epoch changes nothing). A member whose loss turned non-finite is dropped at the
+    end of that epoch with its ``error`` (``FloatingPointError: ...``), unevaluated; only when every member diverged
+    does the run raise. Then ``report(metrics, state)`` gets the reports (dropped ones marked ``dropped: True``) and
+    ``state()``, which builds the fused checkpoint state of the survivors (``member_ids``: their indices; ``{}`` when
+    none is left). ``resume_state`` is such a state; ``specs`` are then still all the members, dropped ones included.
     """
     ids = list(range(len(specs)))
     if resume_state is not None:
@@ -496,6 +509,7 @@ def _fused_epochs(run: FusedRun, specs: Sequence[TrialSpec], ids: list[int], *, 
             mtr["member"] = i
             last[i] = mtr
         stop = set(prune(metrics) or ()) & set(ids) if prune is not None and epoch < specs[0].train.epochs else set()
+        stop |= {ids[i] for i in run.diverged}
         if stop and stop != set(ids):
             run.drop([ids.index(i) for i in stop])
         for mtr in metrics:
@@ -503,7 +517,7 @@ def _fused_epochs(run: FusedRun, specs: Sequence[TrialSpec], ids: list[int], *, 
                 mtr["dropped"] = True
         ids = [i for i in ids if i not in stop]
         if report is not None:
-            report(metrics, {**run.state(), "member_ids": list(ids)} if ids else {})
+            report(metrics, lambda ids=tuple(ids): {**run.state(), "member_ids": list(ids)} if ids else {})
         if not ids or stop_after_epoch is not None and epoch >= stop_after_epoch:
             break
     return [last[i] for i in sorted(last)]

@@ -25,7 +25,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-__all__ = ["sce_loss", "sigmoid_pairwise_loss", "supcon_loss"]
+__all__ = ["cross_entropy_loss", "sce_loss", "sigmoid_pairwise_loss", "supcon_loss"]
 
 ContrastMode = Literal["all", "one"]
 
@@ -34,6 +34,22 @@ def _number(value: object) -> bool:
     """Whether a scalar argument is a Python number, whose range the loss checks. A 0-dim tensor (a fused trial's
     per-member value under ``torch.func.vmap``, see trainables/fused.py) was checked by the config that made it."""
     return not isinstance(value, Tensor)
+
+
+def cross_entropy_loss(logits: Tensor, labels: Tensor, *, label_smoothing: float | Tensor = 0.0) -> Tensor:
+    """Cross-entropy with label smoothing ``eps`` (torch's definition: targets ``(1 - eps) * onehot + eps / C``)::
+
+        L = (1/B) sum_i [ (1 - eps) * -log p_i[y_i] + eps * (1/C) sum_c -log p_i[c] ],   p_i = softmax(logits[i])
+
+    Args:
+        logits: ``[B, C]``; labels: ``[B]`` class indices.
+        label_smoothing: ``eps`` in [0, 1); a 0-dim tensor is accepted (a fused trial's per-member value).
+    """
+    if _number(label_smoothing) and not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"`0 <= label_smoothing < 1` must hold, but got label_smoothing={label_smoothing!r}")
+    logp = logits.log_softmax(1)
+    nll = -logp.gather(1, labels[:, None]).squeeze(1)
+    return ((1 - label_smoothing) * nll - label_smoothing * logp.mean(1)).mean()
 
 
 # --------------------------------------------------------------------------------------------------------------------

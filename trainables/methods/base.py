@@ -129,6 +129,9 @@ class Method(ABC):
     epoch_metrics: ClassVar[tuple[str, ...]] = ()
     #: Extras of the final report only (probes of extra eval features, ...).
     final_metrics: ClassVar[tuple[str, ...]] = ()
+    #: Whether ``loss`` draws random numbers itself (beyond ``views``): such a loss cannot run under
+    #: ``torch.func.vmap``, so trials of the method cannot be fused (trainables/fused.py).
+    loss_draws_random: ClassVar[bool] = False
 
     def __init__(self, config: Any, *, train: TrainConfig, data: DataInfo) -> None:
         if not isinstance(config, self.Config):

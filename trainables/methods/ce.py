@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from trainables.config import check_range
 from trainables.data.augment import AugmentConfig
+from trainables.losses import cross_entropy_loss
 from trainables.methods import register_method
 from trainables.methods.base import Batch, Encoder, Method
 
@@ -58,5 +59,5 @@ class CrossEntropy(Method):
 
     def loss(self, model: nn.Module, views: list[Tensor], batch: Batch, *, step: int) -> tuple[Tensor, dict]:
         logits, labels = model(views[0]).float(), batch.labels
-        loss = nn.functional.cross_entropy(logits, labels, label_smoothing=self.config.label_smoothing)
+        loss = cross_entropy_loss(logits, labels, label_smoothing=self.config.label_smoothing)
         return loss, {"train_top1": (logits.argmax(1) == labels).float().mean().detach()}

@@ -167,6 +167,7 @@ class CMC(Method):
     """Contrastive multiview coding of colour-channel views against per-view memory banks (NCE or softmax)."""
 
     name = "cmc"
+    loss_draws_random = True  # the bank's negatives, drawn in `loss` (sample_indices)
     Config = CMCConfig
     #: ResNet recipe of train_CMC.py: batch 128, SGD lr 0.03, decay x0.1 at 120/160/200, 240 epochs.
     recipe = {"batch_size": 128, "optimizer": "sgd", "lr": 0.03, "momentum": 0.9, "weight_decay": 1e-4,
