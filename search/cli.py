@@ -104,11 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    from search.spec import EXECUTORS, SAMPLERS, SCHEDULERS
 
     train = sub.add_parser(
         "train",
-        help="train one method as a Ray Train run",
-        description="Train one method (one trial) with Ray Train on a local Ray or --address.",
+        help="train one method: in this process, or as a Ray Train run",
+        description="Train one method (one trial): one local worker in this process without Ray (the inline "
+        "executor), or with Ray Train on a local Ray or --address.",
         epilog=_settings_help,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -124,8 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="change settings from that epoch on (repeatable), as PBT did: the run continues from its "
                             "exact checkpoint of the epoch before with the new values (one worker); "
                             "analysis.population.replay_args(...) writes them for a PBT trial")
-
-    from search.spec import EXECUTORS, SAMPLERS, SCHEDULERS
+    train.add_argument("--executor", choices=EXECUTORS, default="auto",
+                       help="inline: train in this process without Ray (1 worker, local storage, no --address); "
+                            "train: a Ray Train run; auto: inline for 1 worker without --address or $RAY_ADDRESS "
+                            "and with local storage, else train")
 
     run = sub.add_parser(
         "run",

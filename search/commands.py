@@ -7,6 +7,7 @@ Each validates everything it was given before Ray starts and raises :class:`Usag
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -42,6 +43,7 @@ __all__ = [
     "cmd_status",
     "cmd_tables",
     "cmd_train",
+    "train_executor",
 ]
 
 
@@ -83,26 +85,28 @@ def _train_schedule(args: argparse.Namespace, spec, resources) -> dict:
     return schedule
 
 
-def _check_resumable(spec, run_dir: Path, *, scheduled: set[str] = frozenset()) -> None:
-    """An existing run of that name resumes from its newest checkpoint: refuse, before Ray starts, a configuration
-    that differs from the one that wrote it (its checkpoints are left untouched)."""
-    from search.driver import read_checkpoint
+def _check_resumable(spec, run_dir: Path, *, scheduled: set[str] = frozenset()) -> Path | None:
+    """An existing run of that name resumes from its newest checkpoint, which this returns (None for a new run):
+    refuse, before Ray starts, a configuration that differs from the one that wrote it (its checkpoints are left
+    untouched)."""
+    from search.runs import checkpoints, read_checkpoint
     from trainables.loop import changed_fields
 
-    checkpoints = sorted(run_dir.glob("checkpoint_epoch_*")) if run_dir.is_dir() else []
-    if not checkpoints:
-        return
+    saved = checkpoints(run_dir)
+    if not saved:
+        return None
     try:
-        saved = read_checkpoint(checkpoints[-1])["spec"]
+        spec_saved = read_checkpoint(saved[-1])["spec"]
     except Exception as e:  # truncated or foreign file: refuse rather than train over it
         reason = f"{type(e).__name__}: {e}".splitlines()[0]
-        raise UsageError(f"`name`: run {run_dir.name!r} has a checkpoint that cannot be read ({checkpoints[-1]}: "
+        raise UsageError(f"`name`: run {run_dir.name!r} has a checkpoint that cannot be read ({saved[-1]}: "
                          f"{reason}); it was left as is: remove it to resume from the one before, or pick another "
                          "--name") from e
-    changed = [k for k in changed_fields(saved, spec) if k not in scheduled]  # a --schedule changes those
+    changed = [k for k in changed_fields(spec_saved, spec) if k not in scheduled]  # a --schedule changes those
     if changed:
         raise UsageError(f"`name`: run {run_dir.name!r} exists with other values of {', '.join(changed)}; "
                          "rerun with the same settings to resume it, or pick another --name")
+    return saved[-1]
 
 
 def _cpus_per_worker(args: argparse.Namespace, *, trials: int = 1) -> float:
@@ -117,12 +121,32 @@ def _cpus_per_worker(args: argparse.Namespace, *, trials: int = 1) -> float:
                                    concurrency=getattr(args, "concurrency", None))
 
 
+def train_executor(executor: str, *, workers: int, address: str | None, storage: str) -> str:
+    """``csweep train --executor`` resolved: ``auto`` is inline for one worker on this machine (no ``--address``, no
+    ``$RAY_ADDRESS``) with local storage, else train; an explicit inline that cannot run here is refused."""
+    remote = "://" in storage
+    if executor == "inline":
+        for bad, got, fix in ((workers > 1, f"workers={workers}", "for several workers"),
+                              (address, f"address={address!r}", "to train on a Ray cluster"),
+                              (remote, f"storage_path={storage!r}", "for remote storage")):
+            if bad:
+                raise ConfigError(f"`executor=inline` runs one worker in this process on local storage, but got "
+                                  f"executor=inline, {got}; use --executor train (or auto) {fix}")
+        return executor
+    if executor == "auto":
+        local = workers == 1 and not address and not os.environ.get("RAY_ADDRESS") and not remote
+        return "inline" if local else "train"
+    return executor
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from search.cluster import ClusterResources, TrialResources, check_feasible, parse_memory_mb
     from trainables.trial import prepare_trial
 
     resources = TrialResources(args.workers, _cpus_per_worker(args), args.gpus_per_worker,
                                parse_memory_mb(args.memory_per_worker))
+    storage = _storage_path(args.storage_path)
+    executor = train_executor(args.executor, workers=resources.workers, address=args.address, storage=storage)
     spec = prepare_trial(
         args.method,
         _settings(args),
@@ -138,40 +162,66 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.max_failures < 0:
         raise ConfigError(f"`max_failures` must be >= 0, but got max_failures={args.max_failures}")
     schedule = _train_schedule(args, spec, resources)
-
-    from search.cluster import init_ray
-    from search.driver import build_trainer, fit_with_progress
-
     name = args.name or f"train-{spec.method}-{spec.train.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
-    storage = _storage_path(args.storage_path)
-    _check_resumable(spec, Path(storage) / name, scheduled={k for c in schedule.values() for k in c})
-    init_ray(args.address)
-    if args.address:
-        check_feasible(resources, ClusterResources.from_ray())
+    run_dir = Path(storage) / name
+    newest = _check_resumable(spec, run_dir, scheduled={k for c in schedule.values() for k in c})
+    if executor == "train":
+        from search.cluster import init_ray
+
+        init_ray(args.address)
+        if args.address:
+            check_feasible(resources, ClusterResources.from_ray())
     print(
         f"csweep: training {spec.method} on {spec.train.dataset} for {spec.train.epochs} epoch(s) with "
-        f"{resources.workers} worker(s) of {resources.cpus_per_worker:g} thread(s); results in {storage}/{name}",
+        f"{resources.workers} worker(s) of {resources.cpus_per_worker:g} thread(s) ({executor} executor); results in "
+        f"{storage}/{name}",
         file=sys.stderr,
     )
-    result = fit_with_progress(
-        lambda callbacks: build_trainer(
-            spec, resources, name=name, storage_path=storage, max_failures=args.max_failures, callbacks=callbacks,
-            schedule=schedule,
-        ),
-        printer=lambda line: print(line, file=sys.stderr, flush=True),
-    )
-    if result.error is not None:
-        print(f"csweep: training failed: {result.error}", file=sys.stderr)
-        return 1
-    metrics = {k: v for k, v in (result.metrics or {}).items() if jsonable(v)}
-    metrics.update(
-        name=name, path=f"{storage}/{name}", checkpoint=result.checkpoint.path if result.checkpoint else None
-    )
+    printer = functools.partial(print, file=sys.stderr, flush=True)
+    if executor == "inline":
+        from search.inline import error_line, train_inline
+        from trainables.data import DataError
+
+        try:
+            metrics, checkpoint = train_inline(
+                spec, run_dir, cpus_per_worker=resources.cpus_per_worker, use_gpu=resources.gpus_per_worker > 0,
+                memory_limit_mb=resources.memory_mb, max_failures=args.max_failures, schedule=schedule,
+                printer=printer)
+        except (ConfigError, DataError):  # exit 2, as before the run
+            raise
+        except Exception as e:
+            return _training_failed(error_line(e))
+    else:
+        from search.driver import build_trainer, fit_with_progress
+
+        result = fit_with_progress(
+            lambda callbacks: build_trainer(
+                spec, resources, name=name, storage_path=storage, max_failures=args.max_failures,
+                callbacks=callbacks, schedule=schedule, resume_from=str(newest) if newest else None,
+            ),
+            printer=printer,
+        )
+        if result.error is not None:
+            return _training_failed(result.error)
+        metrics, checkpoint = result.metrics, result.checkpoint.path if result.checkpoint else None
+        if "://" not in storage:
+            from search.runs import prune_checkpoints, read_metrics
+
+            prune_checkpoints(run_dir)  # an inline run's older checkpoints, which Ray Train does not know
+            if metrics is None and newest is not None:  # nothing left to train in a run Ray Train did not write
+                metrics, checkpoint = read_metrics(newest), str(newest)
+    metrics = {k: v for k, v in (metrics or {}).items() if jsonable(v)}
+    metrics.update(name=name, path=f"{storage}/{name}", checkpoint=checkpoint)
     if args.json:
         print(json.dumps(metrics, sort_keys=True))
     else:
         print(train_summary(metrics))
     return 0
+
+
+def _training_failed(error) -> int:
+    print(f"csweep: training failed: {error}", file=sys.stderr)
+    return 1
 
 
 def _experiment_path(name: str, storage: str | None) -> str:

@@ -1,21 +1,29 @@
 """Ray Train around the shared loop: the per-worker entry point and the trainer factory.
 
 ``train_worker`` is what every Train worker runs: it rebuilds the TrialSpec from the flat config, restores the
-latest checkpoint Ray Train hands it (a retried or resumed run), and calls :func:`trainables.loop.fit` with a
-reporter that turns each epoch into one ``ray.train.report`` (rank 0 attaches the checkpoint).
+newest checkpoint (the one Ray Train hands it on a retry or resume, or a newer one ``csweep train`` found on disk,
+written by the inline executor), and calls :func:`trainables.loop.fit` with a reporter that turns each epoch into one
+``ray.train.report`` (rank 0 attaches the checkpoint). The run's layout on storage is :mod:`search.runs`'.
 """
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
 from ray.train.v2.api.callback import UserCallback
 
 from search.cluster import TrialResources
+from search.runs import (
+    KEEP_CHECKPOINTS,
+    checkpoint_name,
+    package_versions,
+    progress_line,
+    read_checkpoint,
+    set_threads,
+    write_checkpoint,
+)
 from trainables.trial import TrialSpec
 
 __all__ = [
@@ -24,38 +32,15 @@ __all__ = [
     "RayTrainReporter",
     "build_trainer",
     "fit_with_progress",
-    "progress_line",
-    "read_checkpoint",
     "train_worker",
 ]
-
-STATE_FILE = "state.pt"
-
-
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load the state dict stored in a checkpoint directory."""
-    return torch.load(Path(path) / STATE_FILE, map_location="cpu", weights_only=False)
-
-
-def progress_line(metrics: dict[str, Any]) -> str:
-    """One concise line per epoch: epoch, loss, kNN accuracy, throughput (and probes at the end)."""
-    keys = ("train_loss", "knn_top1", "linear_top1", "logreg_top1", "images_per_s", "epoch_time_s")
-    parts = [f"{k}={metrics[k]:.4g}" for k in keys if isinstance(metrics.get(k), float)]
-    return f"epoch {metrics['epoch']}: " + " ".join(parts)
 
 
 def worker_facts() -> dict[str, Any]:
     """Where and with what a report was produced: the Ray node id and the package versions of this worker."""
     import ray
 
-    import trainables
-
-    return {
-        "node_id": ray.get_runtime_context().get_node_id(),
-        "torch_version": torch.__version__,
-        "ray_version": ray.__version__,
-        "csweep_version": trainables.__version__,
-    }
+    return {"node_id": ray.get_runtime_context().get_node_id(), **package_versions()}
 
 
 class RayTrainReporter:
@@ -69,36 +54,44 @@ class RayTrainReporter:
             ray.train.report(metrics)
             return
         with tempfile.TemporaryDirectory(prefix="csweep-ckpt-") as tmp:
-            torch.save(state, Path(tmp) / STATE_FILE)
+            write_checkpoint(tmp, state, metrics)
             ray.train.report(
                 metrics,
                 checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                checkpoint_dir_name=f"checkpoint_epoch_{metrics['epoch']:05d}",
+                checkpoint_dir_name=checkpoint_name(metrics["epoch"]),
             )
 
 
 def train_worker(config: dict[str, Any]) -> None:
     """Entry point of every Ray Train worker. ``config = {"settings": TrialSpec.flat(), "cpus_per_worker": c,
-    "memory_limit_mb": m}`` (``m``: the worker's RSS limit, or None)."""
+    "memory_limit_mb": m, "resume_from": path}`` (``m``: the worker's RSS limit, or None; ``path``: the newest
+    checkpoint of the run on disk when the run started, or None)."""
     import ray.train
 
     from trainables.loop import fit
 
     settings = dict(config["settings"])
     spec = TrialSpec.from_settings(settings.pop("method"), settings)
-    torch.set_num_threads(spec.train.num_threads or max(1, int(config.get("cpus_per_worker", 1))))
-    checkpoint = ray.train.get_checkpoint()
-    state = None
-    if checkpoint is not None:
-        with checkpoint.as_directory() as path:
-            state = read_checkpoint(path)
+    set_threads(spec.train.num_threads, config.get("cpus_per_worker", 1))
+    state = _resume_state(ray.train.get_checkpoint(), config.get("resume_from"))
+    memory = config.get("memory_limit_mb")
     if config.get("schedule"):  # `csweep train --schedule`: settings that change at given epochs (search/replay.py)
         from search.replay import fit_schedule
 
         schedule = {int(e): s for e, s in config["schedule"].items()}
-        fit_schedule(spec, schedule, reporter=RayTrainReporter(), resume_state=state)
+        fit_schedule(spec, schedule, reporter=RayTrainReporter(), resume_state=state, memory_limit_mb=memory)
         return
-    fit(spec, reporter=RayTrainReporter(), resume_state=state, memory_limit_mb=config.get("memory_limit_mb"))
+    fit(spec, reporter=RayTrainReporter(), resume_state=state, memory_limit_mb=memory)
+
+
+def _resume_state(checkpoint, resume_from: str | None) -> dict[str, Any] | None:
+    """The state of the newer (by epoch) of Ray Train's checkpoint (its own newest report: a retry or a resumed
+    Train run) and ``resume_from`` (the newest on disk at the start, possibly written by the inline executor, which
+    Ray Train's snapshot does not list)."""
+    if checkpoint is not None and (resume_from is None or Path(checkpoint.path).name >= Path(resume_from).name):
+        with checkpoint.as_directory() as path:
+            return read_checkpoint(path)
+    return read_checkpoint(resume_from) if resume_from else None
 
 
 class ProgressCallback(UserCallback):
@@ -149,10 +142,12 @@ def build_trainer(
     storage_path: str,
     max_failures: int = 0,
     callbacks: list | None = None,
-    num_to_keep: int = 2,
+    num_to_keep: int = KEEP_CHECKPOINTS,
     schedule: dict | None = None,
+    resume_from: str | None = None,
 ):
-    """A ``TorchTrainer`` for one trial: gloo on CPU, NCCL on GPU, one checkpoint per epoch (keep the last few)."""
+    """A ``TorchTrainer`` for one trial: gloo on CPU, NCCL on GPU, one checkpoint per epoch (keep the last few);
+    ``resume_from``: a checkpoint directory to start from when Ray Train has none of its own that is newer."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
     from ray.train.v2.api.config import LoggingConfig
@@ -160,7 +155,7 @@ def build_trainer(
     return TorchTrainer(
         train_worker,
         train_loop_config={"settings": spec.flat(), "cpus_per_worker": resources.cpus_per_worker,
-                           "memory_limit_mb": resources.memory_mb,
+                           "memory_limit_mb": resources.memory_mb, "resume_from": resume_from,
                            **({"schedule": schedule} if schedule else {})},
         scaling_config=ScalingConfig(
             num_workers=resources.workers,

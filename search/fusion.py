@@ -191,10 +191,10 @@ def run_fused_trial(config: Mapping[str, Any], cfg) -> None:
     """Train a fused Tune trial's members (called by ``search.sweep.trial_driver``): one ``tune.report`` per epoch
     with every member's latest row, a checkpoint when due and whenever a member was dropped."""
     import ray
-    import torch
     from ray import tune
 
-    from search.driver import read_checkpoint, worker_facts
+    from search.driver import worker_facts
+    from search.runs import read_checkpoint, set_threads
     from search.sweep import TuneReporter, _spec
     from trainables.fused import fit_fused
     from trainables.loop import checkpoint_due
@@ -202,7 +202,7 @@ def run_fused_trial(config: Mapping[str, Any], cfg) -> None:
     ids = list(config[FUSED_IDS])
     specs = [_spec(cfg.fixed, {k: v for k, v in m.items() if v is not None}) for m in config[FUSED]]
     train = specs[0].train
-    torch.set_num_threads(train.num_threads or max(1, int(cfg.cpus_per_worker)))
+    set_threads(train.num_threads, cfg.cpus_per_worker)
     state = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:

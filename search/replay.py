@@ -61,9 +61,11 @@ class _Segment:
 
 
 def fit_schedule(spec: TrialSpec, schedule: Mapping[int, Mapping[str, Any]], *, reporter=None,
-                 resume_state: dict[str, Any] | None = None, data=None, device=None) -> dict[str, Any]:
+                 resume_state: dict[str, Any] | None = None, data=None, device=None,
+                 memory_limit_mb: float | None = None) -> dict[str, Any]:
     """Train ``spec`` with ``schedule`` applied at its epochs; returns the last epoch's metrics. One worker only (the
-    state handed from one stretch to the next is rank 0's). ``resume_state`` may come from any epoch of the run."""
+    state handed from one stretch to the next is rank 0's). ``resume_state`` may come from any epoch of the run;
+    ``memory_limit_mb`` is :func:`trainables.loop.fit`'s."""
     from trainables.loop import fit
 
     keys = sorted({k for change in schedule.values() for k in change})
@@ -76,7 +78,7 @@ def fit_schedule(spec: TrialSpec, schedule: Mapping[int, Mapping[str, Any]], *, 
             state = {**state, "spec": {**state["spec"], **{k: flat[k] for k in keys}}}
         capture = _Segment(reporter, {k: flat[k] for k in keys})
         last = fit(seg, reporter=capture, resume_state=state, data=data, device=device,
-                   stop_after_epoch=end if end < seg.train.epochs else None)
+                   stop_after_epoch=end if end < seg.train.epochs else None, memory_limit_mb=memory_limit_mb)
         state, done = capture.state, end
     return last
 

@@ -64,7 +64,8 @@ class TuneReporter:
         import torch
         from ray import tune
 
-        from search.driver import STATE_FILE, worker_facts
+        from search.driver import worker_facts
+        from search.runs import STATE_FILE
 
         metrics = {**metrics, **worker_facts(), **self.settings}
         if self.cloned_from is not None:
@@ -93,7 +94,6 @@ def trial_driver(config: dict[str, Any], sweep: dict[str, Any]) -> None:
     ``config`` holds the sampled parameters; ``sweep`` the SweepConfig as a dict. The Train run is named from the
     Tune trial id, so a restored trial finds its own Train checkpoints again.
     """
-    import torch
     from ray import tune
 
     from search.fusion import FUSED, run_fused_trial
@@ -107,10 +107,10 @@ def trial_driver(config: dict[str, Any], sweep: dict[str, Any]) -> None:
     config = {k: v for k, v in config.items() if v is not None}  # a population's placeholder for an unset key
     spec = _spec(cfg.fixed, config)
     if cfg.resolved_executor == "inline":
-        from search.driver import read_checkpoint
+        from search.runs import read_checkpoint, set_threads
         from trainables.loop import fit
 
-        torch.set_num_threads(spec.train.num_threads or max(1, int(cfg.cpus_per_worker)))
+        set_threads(spec.train.num_threads, cfg.cpus_per_worker)
         checkpoint = tune.get_checkpoint()
         state = None
         if checkpoint is not None:

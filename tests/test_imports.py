@@ -6,7 +6,7 @@ import sys
 import pytest
 
 
-@pytest.mark.parametrize("module", ["analysis", "search.spec"])
+@pytest.mark.parametrize("module", ["analysis", "search.spec", "search.inline"])
 def test_import_does_not_import_ray_or_the_cli(module: str) -> None:
     code = (
         f"import sys, {module}; "

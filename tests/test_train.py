@@ -127,7 +127,7 @@ def test_killed_ray_train_worker_resumes_from_its_checkpoint(tmp_path):
     exactly the metrics of an uninterrupted run."""
     settings = {**RESUME, "epochs": 3}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "search.cli", "train", "supcon", "--json", "--max-failures", "1",
+        [sys.executable, "-m", "search.cli", "train", "supcon", "--executor", "train", "--json", "--max-failures", "1",
          "--storage-path", str(tmp_path), "--name", "killed", *set_args(settings)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
     killed = None
