@@ -19,6 +19,7 @@ from typing import Any
 from search.printing import (
     RESULT_COLUMNS,
     format_table,
+    group_column,
     jsonable,
     next_steps,
     print_leaderboard,
@@ -443,12 +444,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         for trial_id, sampled, last in members:
             last = last or {}
             status = member_status(last, status_of(t.status, last))
-            row = {"trial": trial_id, "status": status, **sampled, "_sampled": tuple(sampled)}
+            row = {"trial": trial_id, "status": status, **sampled, "_sampled": tuple(sampled),
+                   "fused_group": t.trial_id if FUSED in config else None}
             row.update({k: last.get(k) for k in RESULT_COLUMNS})
             rows.append(row)
     params = sorted(sampled_keys(rows) - {"method"})
     print(f"sweep {cfg.name} ({cfg.space}): {len(rows)} of {cfg.trials * cfg.repeats} trial(s)")
-    print(format_table(rows, ["trial", "status", "method", *params, *RESULT_COLUMNS]))
+    print(format_table(rows, ["trial", *group_column(rows), "status", "method", *params, *RESULT_COLUMNS]))
     _print_early_rank(path, cfg)
     return 0
 

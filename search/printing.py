@@ -14,6 +14,7 @@ __all__ = [
     "finished_status",
     "fmt",
     "format_table",
+    "group_column",
     "early_rank_report",
     "jsonable",
     "leaderboard_rows",
@@ -67,6 +68,11 @@ def status_of(tune_status: str, result: Mapping[str, Any] | None) -> str:
     return TUNE_STATUS.get(tune_status, tune_status.lower())
 
 
+def group_column(rows: Iterable[Mapping[str, Any]]) -> list[str]:
+    """``["fused_group"]`` when some row is a member of a fused trial (``--fuse K``), else nothing."""
+    return ["fused_group"] if any(r.get("fused_group") for r in rows) else []
+
+
 def sampled_keys(rows: Iterable[Mapping[str, Any]]) -> set[str]:
     """The settings the space sampled: the keys of the trials' Tune configs (carried as ``_sampled`` in rows)."""
     return {k for r in rows for k in r.get("_sampled", ())}
@@ -105,7 +111,7 @@ def print_leaderboard(cfg, rows: list[dict[str, Any]]) -> None:
     """The trials of a sweep, best first by its first objective."""
     obj = cfg.objective[0]
     params = sorted(sampled_keys(rows) - {"method"})
-    columns = ["trial", "method", *params, "status", *RESULT_COLUMNS]
+    columns = ["trial", *group_column(rows), "method", *params, "status", *RESULT_COLUMNS]
     if obj.metric not in columns:
         columns.append(obj.metric)
     print(f"\nleaderboard ({obj.metric}, {obj.mode}):")

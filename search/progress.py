@@ -15,7 +15,7 @@ from typing import Any, TextIO
 from ray.tune import Callback
 
 from search.fusion import FUSED, latest_members, member_status
-from search.printing import RESULT_COLUMNS, finished_status, fmt, format_table, status_of
+from search.printing import RESULT_COLUMNS, finished_status, fmt, format_table, group_column, status_of
 from search.spec import COMPLETED, ERRORED, STOPPED
 
 __all__ = ["ProgressTable", "duration"]
@@ -103,7 +103,8 @@ class ProgressTable(Callback):
             return  # a dropped member stays as it was dropped
         merged = result if result is not None else {k: previous.get(k) for k in RESULT_COLUMNS}
         status = status or status_of(tune_status, merged)
-        self._rows[trial_id] = _trial_row(trial_id, config, merged, status, self._params)
+        self._rows[trial_id] = {**_trial_row(trial_id, config, merged, status, self._params),
+                                **({"fused_group": fused_group} if fused_group else {})}
 
     def headline(self) -> str:
         """``elapsed 3m05s | 5/8 trials done (2 running) | ETA 1m51s | best knn_top1 0.7033 (trial 7e5d4499)``."""
@@ -124,7 +125,8 @@ class ProgressTable(Callback):
 
     def _draw(self) -> None:
         text = self.headline() + "\n" + format_table(
-            list(self._rows.values()), ["trial", "status", "method", *self._params, *RESULT_COLUMNS]
+            list(self._rows.values()),
+            ["trial", *group_column(self._rows.values()), "status", "method", *self._params, *RESULT_COLUMNS]
         )
         if self.tty and self._drawn_lines:
             self.stream.write(f"\x1b[{self._drawn_lines}F\x1b[J")  # move up and clear: redraw in place

@@ -261,6 +261,7 @@ def test_progress_table_and_leaderboard_show_members_as_trials():
     assert (rows["g-0"]["status"], rows["g-0"]["epoch"]) == ("stopped", 2)
     assert (rows["g-1"]["status"], rows["g-1"]["knn_top1"], rows["g-1"]["lr"]) == ("completed", 0.7, 0.2)
     assert "2/2 trials done" in table.headline() and "(trial g-1)" in table.headline()
+    assert rows["g-0"]["fused_group"] == "g" and "fused_group" in table.stream.getvalue().splitlines()[1]
 
     board = result_rows(SimpleNamespace(config=config, metrics=last, error=None))
     assert [(r["trial"], r["status"], r["fused_group"], r["lr"]) for r in board] == [
