@@ -95,9 +95,10 @@ class MemberPruner:
 
     A member is judged once per rung: a trial resumed from an older checkpoint that reaches a rung again gets the
     same decision, not a new one against more values. Records live in memory, seeded from the sweep's Optuna study
-    (``study``: name and storage URL; its intermediate values when ``rung_values`` is true, i.e. the rung metric is
-    the objective; its PRUNED members' decisions always), so a resumed sweep or a restarted actor goes on where the
-    last left off; ``seed`` gives records directly (tests). Run as a Ray actor by :func:`start_member_pruner`.
+    (``study``: name and storage URL): its intermediate values when ``rung_values`` is true (the rung metric is the
+    objective), and always the decisions its records show (PRUNED at a rung; rungs passed before the last epoch
+    reached, from the intermediate values or ``csweep_epoch``), so a resumed sweep or a restarted actor keeps them;
+    ``seed`` gives records directly (tests). Run as a Ray actor by :func:`start_member_pruner`.
     """
 
     def __init__(self, *, scheduler: str, grace_period: int, reduction_factor: float, max_epochs: int, mode: str,
@@ -121,11 +122,12 @@ class MemberPruner:
             study = optuna.load_study(study_name=name, storage=url)
         except KeyError:
             return
-        for t in study.get_trials(deepcopy=False):
+        for t in study.get_trials(deepcopy=False):  # by number: a resumed member's RUNNING copy comes last, wins
             mid = t.user_attrs.get("tune_trial_id")
-            if not mid or not t.user_attrs.get("fused_group") or t.user_attrs.get("csweep_orphaned"):
+            if not mid or not t.user_attrs.get("fused_group"):
                 continue
-            last = max(t.intermediate_values, default=0)
+            # an orphaned record (Ctrl-C) still shows what its member had passed when it was interrupted
+            last = max(max(t.intermediate_values, default=0), int(t.user_attrs.get("csweep_epoch", 0)))
             for rung in self.rungs:
                 if rung_values and rung in t.intermediate_values:
                     self.recorded[rung][mid] = t.intermediate_values[rung]
@@ -133,6 +135,8 @@ class MemberPruner:
                     self.decided[(mid, rung)] = False
                 elif rung == last and t.state == optuna.trial.TrialState.PRUNED:
                     self.decided[(mid, rung)] = True
+                else:
+                    self.decided.pop((mid, rung), None)  # a newer record of the member that has not got there
 
     def decide(self, reports: Sequence[tuple[str, int, float | None]]) -> list[str]:
         """``(member id, epoch, rung metric)`` per surviving member -> the members to stop now."""
@@ -248,6 +252,7 @@ def fused_search_class():
 
     from analysis.tune_files import experiment_state
     from search.sweep import _spec, _study_search_class
+    from trainables.config import ConfigError
     from trainables.fused import FuseError, check_fusable, per_member_fields
 
     class FusedSearch(_study_search_class()):
@@ -275,6 +280,14 @@ def fused_search_class():
             self._asked += 1
             return ot_trial, params
 
+        def _unfusable(self, params: dict) -> str | None:
+            """Why no fused trial can run this configuration (its error line), or None."""
+            try:
+                check_fusable([_spec(self._fixed, params)])
+            except (ConfigError, ValueError) as e:
+                return f"{type(e).__name__}: {e}"
+            return None
+
         def _fuses(self, first: dict, other: dict) -> bool:
             try:
                 check_fusable([_spec(self._fixed, first), _spec(self._fixed, other)])
@@ -286,12 +299,19 @@ def fused_search_class():
             if self._full():
                 return None
             members: list[tuple[Any, dict]] = []
-            if self._carry:
-                members.append(self._carry.pop(0))
-            elif self._asked < self._budget:
-                members.append(self._ask(None))
-            else:
-                return Searcher.FINISHED
+            while not members:
+                if self._carry:
+                    item = self._carry.pop(0)
+                elif self._asked < self._budget:
+                    item = self._ask(None)
+                else:
+                    return Searcher.FINISHED
+                reason = self._unfusable(item[1])
+                if reason is None:
+                    members.append(item)
+                else:  # no fused trial can run it (a method vmap refuses, an invalid configuration): FAIL it
+                    item[0].set_user_attr("csweep_error", reason)
+                    self._ot_study.tell(item[0], state=optuna.trial.TrialState.FAIL)
             first = members[0][1]
             own = per_member_fields(_spec(self._fixed, first).method)
             shape = {k: v for k, v in members[0][0].params.items() if k not in own}
@@ -300,6 +320,7 @@ def fused_search_class():
                     self._carry.remove(item)
                     members.append(item)
             while len(members) < self._fuse and self._asked < self._budget:
+                # fresh asks hold the shape, so only an enqueued point can fail to fuse: it opens a later group
                 item = self._ask(shape)
                 (members if self._fuses(first, item[1]) else self._carry).append(item)
             ids = [member_id(trial_id, k) for k in range(len(members))]
@@ -362,6 +383,9 @@ def fused_search_class():
                 if mid not in self._groups[trial_id] or row.get("epoch") != result.get("epoch"):
                     continue  # an earlier-dropped member's last row: told then
                 super().on_trial_result(mid, row)
+                live = self._live(mid) if mid not in self._completed_trials else None
+                if live is not None:  # the epochs it trained, for the member pruner of a resumed sweep
+                    live.set_user_attr("csweep_epoch", int(row["epoch"]))
                 if row.get("error"):  # diverged on its own: FAIL with its error, the others go on
                     super().on_trial_complete(mid, row, error=True, reason=row["error"])
                 elif row.get("dropped"):

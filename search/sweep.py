@@ -441,11 +441,14 @@ def _study_search_class():
             return bool(self._max_concurrent) and len(self._running) >= self._max_concurrent
 
         def restore(self, checkpoint_path: str) -> None:
+            self._running = None  # type: ignore[assignment]  # a snapshot older than this limit leaves it None
             super().restore(checkpoint_path)
+            if self._running is None:  # Tune's ConcurrencyLimiter comes back limiting: leave the limiting to it
+                self._running, self._max_concurrent = set(), 0
+                return
             root = Path(self._experiment_path.removeprefix("file://"))
-            local = "://" not in str(root) and root.is_dir()  # remote: unknown, so no limit until they end
-            self._running = {t for t, s in experiment_state(root).items()
-                             if s.get("status") != "TERMINATED"} if local else set()
+            if "://" not in str(root) and root.is_dir():  # remote storage: the snapshot's set stands
+                self._running = {t for t, s in experiment_state(root).items() if s.get("status") != "TERMINATED"}
 
         def suggest(self, trial_id: str):
             if self._full():

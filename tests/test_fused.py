@@ -177,7 +177,6 @@ def test_label_smoothing_may_differ_per_member(data) -> None:
     refs = [_reference(run, k, b)[2] for k, b in enumerate(batches)]
     losses, _ = run.train_step(batches)
     torch.testing.assert_close(losses, torch.stack(refs).detach(), rtol=1e-5, atol=1e-5)
-    assert losses[1] > losses[0]  # smoothing adds the uniform term: the two members did not share a value
 
 
 def test_a_method_whose_loss_draws_random_numbers_is_a_fuse_error() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -200,7 +201,7 @@ def test_fused_sweep_is_killed_resumed_and_tabulated_member_by_member(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     study = optuna.load_study(study_name="fz", storage=f"sqlite:///{tmp_path / 'fz' / 'study.db'}")
     told = [t for t in study.trials if t.state in (State.COMPLETE, State.PRUNED)]
-    assert len(told) == 5 and {t.user_attrs["fused_group"] for t in told} and all(
+    assert len(told) == 5 and len({t.user_attrs["fused_group"] for t in told}) == 2 and all(
         t.user_attrs["tune_trial_id"].startswith(t.user_attrs["fused_group"] + "-") for t in told)
 
     from analysis import build_tables
@@ -230,7 +231,7 @@ def test_fused_sweep_is_killed_resumed_and_tabulated_member_by_member(tmp_path):
     status = run_cli("status", "fz", "--storage-path", str(tmp_path))
     assert status.returncode == 0 and "5 of 5 trial(s)" in status.stdout
     for row in trials.itertuples():
-        assert f"{row.trial_id}  {row.status}" in status.stdout
+        assert re.search(rf"^{row.trial_id}\s+{row.fused_group}\s+{row.status}\s", status.stdout, re.M), row
 
 
 def test_progress_table_and_leaderboard_show_members_as_trials():
@@ -347,3 +348,68 @@ def test_a_rerun_epoch_replaces_the_abandoned_history():
                for e, v in [(1, 0.1), (2, 0.2), (3, 0.3), (2, 0.25), (3, 0.35), (4, 0.4)]]
     ((_, _, rows),) = member_trials(config, results)
     assert [(r["epoch"], r["knn_top1"]) for r in rows] == [(1, 0.1), (2, 0.25), (3, 0.35), (4, 0.4)]
+
+
+def test_a_configuration_no_fused_trial_can_run_is_failed_not_spread(tmp_path):
+    """A CMC configuration (its loss draws random numbers) cannot be fused: told FAIL with the reason when it would
+    open a group, and the group is formed from the next configuration instead (it used to pull the rest of the
+    budget into its shape)."""
+    import functools
+
+    def space(trial, fixed):
+        trial.suggest_categorical("method", ["supcon", "cmc"])
+        trial.suggest_float("lr", 0.01, 0.3, log=True)
+
+    fixed = {"dataset": "digits", "epochs": 200}  # CMC's recipe decays its lr at epoch 120
+    search = fused_search_class()(
+        fuse=2, budget=4, fixed=fixed, experiment_path=str(tmp_path / "fz"),
+        space=functools.partial(space, fixed=fixed), metric="knn_top1", mode="max", study_name="fz",
+        points_to_evaluate=[{"method": "cmc", "lr": 0.05}, {"method": "supcon", "lr": 0.1}],
+        storage=optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'study.db'}"),
+        sampler=optuna.samplers.RandomSampler(seed=0))
+    group = search.suggest("g1")
+    assert [m["method"] for m in group[FUSED]] == ["supcon", "supcon"]
+    study = optuna.load_study(study_name="fz", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    (failed,) = [t for t in study.trials if t.state == State.FAIL]
+    assert failed.params["method"] == "cmc" and "cmc cannot be fused" in failed.user_attrs["csweep_error"]
+
+
+def test_restore_keeps_the_snapshots_running_set_where_tune_state_is_unreadable(tmp_path):
+    """Remote storage: the experiment state cannot be read, so the snapshot's running trials still count. A snapshot
+    from before the searcher limited concurrency has none: Tune's limiter, restored with it, keeps limiting."""
+    search = _searcher(tmp_path, fuse=2, budget=8)
+    search._experiment_path = "s3://bucket/fz"
+    assert search.set_max_concurrency(2)
+    search.suggest("g1")
+    search.suggest("g2")
+    search.save(str(tmp_path / "searcher.pkl"))
+    resumed = _searcher(tmp_path, fuse=2, budget=8)
+    resumed.set_max_concurrency(2)
+    resumed.restore(str(tmp_path / "searcher.pkl"))
+    assert resumed.suggest("g3") is None  # g1 and g2 still run
+    old = resumed.__dict__.copy()
+    del old["_running"]
+    import pickle
+
+    (tmp_path / "old.pkl").write_bytes(pickle.dumps(old))
+    older = _searcher(tmp_path, fuse=2, budget=8)
+    older.set_max_concurrency(2)
+    older.restore(str(tmp_path / "old.pkl"))
+    assert older._max_concurrent == 0 and older.suggest("g4") is not None
+
+
+def test_member_pruner_of_an_interrupted_sweep_remembers_what_members_passed(tmp_path):
+    """Ctrl-C marks the running members FAIL (orphaned); their records still show the rungs they passed, from their
+    intermediate values or, with a final-only objective, the epochs the searcher noted (``csweep_epoch``)."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="fz", storage=url, direction="maximize")
+    dist = {"lr": optuna.distributions.FloatDistribution(0.01, 1.0)}
+    for mid, values, attrs in [("g-0", {1: 0.5, 2: 0.6, 3: 0.6}, {}), ("g-1", {}, {"csweep_epoch": 5})]:
+        study.add_trial(optuna.trial.create_trial(
+            state=State.FAIL, params={"lr": 0.1}, distributions=dist, intermediate_values=values,
+            user_attrs={"tune_trial_id": mid, "fused_group": "g", "csweep_orphaned": True, **attrs}))
+    pruner = MemberPruner(scheduler="asha", grace_period=2, reduction_factor=2, max_epochs=8, mode="max",
+                          study=("fz", url))
+    assert pruner.recorded[2] == {"g-0": 0.6}
+    assert pruner.decided == {("g-0", 2): False, ("g-1", 2): False, ("g-1", 4): False}
+    assert pruner.decide([("h-0", 2, 0.9), ("g-0", 2, 0.1), ("g-1", 4, 0.0)]) == []
