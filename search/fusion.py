@@ -250,7 +250,6 @@ def fused_search_class():
     import optuna
     from ray.tune.search import Searcher
 
-    from analysis.tune_files import experiment_state
     from search.sweep import _spec, _study_search_class
     from trainables.config import ConfigError
     from trainables.fused import FuseError, check_fusable, per_member_fields
@@ -330,18 +329,19 @@ def fused_search_class():
                 self._group_of[mid] = trial_id
                 ot_trial.set_user_attr("tune_trial_id", mid)
                 ot_trial.set_user_attr("fused_group", trial_id)
+            config = {FUSED: [params for _, params in members], FUSED_IDS: ids}
+            for ot_trial, _ in members:
+                self._note_remote_dir(ot_trial, trial_id, config)
             self._running.add(trial_id)
-            return {FUSED: [params for _, params in members], FUSED_IDS: ids}
+            return config
 
         # -- restoring ---------------------------------------------------------------------------------------------------
         def restore(self, checkpoint_path: str) -> None:
             """Tune's searcher snapshot, then the groups Tune restores that it predates (found in the study by
             ``fused_group``), so the budget counts them."""
             super().restore(checkpoint_path)
-            root = Path(self._experiment_path.removeprefix("file://"))
-            if "://" not in str(root) and root.is_dir():
-                for group in experiment_state(root):
-                    self._known_group(group)
+            for group in getattr(self, "_restored", {}):  # the experiment state StudySearch.restore read
+                self._known_group(group)
             storage = self._ot_study._storage
             # carried configurations that an interrupted driver marked FAIL (orphaned) go on as RUNNING copies
             self._carry = [(self._revive(storage.get_trial(ot._trial_id)), params)

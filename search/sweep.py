@@ -446,9 +446,10 @@ def _study_search_class():
             if self._running is None:  # Tune's ConcurrencyLimiter comes back limiting: leave the limiting to it
                 self._running, self._max_concurrent = set(), 0
                 return
-            root = Path(self._experiment_path.removeprefix("file://"))
-            if "://" not in str(root) and root.is_dir():  # remote storage: the snapshot's set stands
-                self._running = {t for t, s in experiment_state(root).items() if s.get("status") != "TERMINATED"}
+            root = self._local_root()
+            self._restored = experiment_state(root) if root is not None else {}  # what Tune restores
+            if root is not None:  # remote storage: the snapshot's set stands
+                self._running = {t for t, s in self._restored.items() if s.get("status") != "TERMINATED"}
 
         def suggest(self, trial_id: str):
             if self._full():
@@ -457,20 +458,26 @@ def _study_search_class():
             if config is not None:
                 self._running.add(trial_id)
             if trial_id in self._ot_trials:
-                ot_trial = self._ot_trials[trial_id]
-                ot_trial.set_user_attr("tune_trial_id", trial_id)
-                if "://" in self._experiment_path.removeprefix("file://") and isinstance(config, dict):
-                    # remote storage (s3://, gs://): the directory is known from the id and the method, not found
-                    name = trial_dirname(SimpleNamespace(trial_id=trial_id, config=config),
-                                         fixed_method=self._fixed_method)
-                    ot_trial.set_user_attr("tune_trial_dir", f"{self._experiment_path.rstrip('/')}/{name}")
+                self._ot_trials[trial_id].set_user_attr("tune_trial_id", trial_id)
+                if isinstance(config, dict):
+                    self._note_remote_dir(self._ot_trials[trial_id], trial_id, config)
             return config
 
-        def _trial_dir(self, trial_id: str) -> Path | None:
+        def _local_root(self) -> Path | None:
+            """The experiment directory when it is local and exists (Tune's files can be read), else None."""
             root = Path(self._experiment_path.removeprefix("file://"))
-            if "://" in str(root) or not root.is_dir():
-                return None
-            return next(iter(sorted(root.glob(f"trial_driver_{trial_id}_*"))), None)
+            return root if "://" not in str(root) and root.is_dir() else None
+
+        def _note_remote_dir(self, ot_trial, trial_id: str, config: dict) -> None:
+            """On remote storage (s3://, gs://) a Tune trial's directory is known from its id and method, not found:
+            record it as ``tune_trial_dir`` when asked."""
+            if "://" in self._experiment_path.removeprefix("file://"):
+                name = trial_dirname(SimpleNamespace(trial_id=trial_id, config=config), fixed_method=self._fixed_method)
+                ot_trial.set_user_attr("tune_trial_dir", f"{self._experiment_path.rstrip('/')}/{name}")
+
+        def _trial_dir(self, trial_id: str) -> Path | None:
+            root = self._local_root()
+            return None if root is None else next(iter(sorted(root.glob(f"trial_driver_{trial_id}_*"))), None)
 
         def _staged_dir(self, trial_id: str) -> Path | None:
             """The trial's directory in Ray's driver staging area, where Tune writes ``error.txt`` first (it
