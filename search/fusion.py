@@ -331,7 +331,7 @@ def fused_search_class():
                 ot_trial.set_user_attr("fused_group", trial_id)
             config = {FUSED: [params for _, params in members], FUSED_IDS: ids}
             for ot_trial, _ in members:
-                self._note_remote_dir(ot_trial, trial_id, config)
+                self._note_expected_dir(ot_trial, trial_id, config)
             self._running.add(trial_id)
             return config
 

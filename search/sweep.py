@@ -460,7 +460,7 @@ def _study_search_class():
             if trial_id in self._ot_trials:
                 self._ot_trials[trial_id].set_user_attr("tune_trial_id", trial_id)
                 if isinstance(config, dict):
-                    self._note_remote_dir(self._ot_trials[trial_id], trial_id, config)
+                    self._note_expected_dir(self._ot_trials[trial_id], trial_id, config)
             return config
 
         def _local_root(self) -> Path | None:
@@ -468,12 +468,14 @@ def _study_search_class():
             root = Path(self._experiment_path.removeprefix("file://"))
             return root if "://" not in str(root) and root.is_dir() else None
 
-        def _note_remote_dir(self, ot_trial, trial_id: str, config: dict) -> None:
-            """On remote storage (s3://, gs://) a Tune trial's directory is known from its id and method, not found:
-            record it as ``tune_trial_dir`` when asked."""
-            if "://" in self._experiment_path.removeprefix("file://"):
-                name = trial_dirname(SimpleNamespace(trial_id=trial_id, config=config), fixed_method=self._fixed_method)
-                ot_trial.set_user_attr("tune_trial_dir", f"{self._experiment_path.rstrip('/')}/{name}")
+        def _note_expected_dir(self, ot_trial, trial_id: str, config: dict) -> None:
+            """Record ``tune_trial_dir`` as the trial is asked: its name follows from its id and method
+            (:func:`trial_dirname`). On local storage :meth:`_note_dir` confirms it once the directory exists (a
+            trial that errors before its first report may end before Tune syncs its directory to the storage);
+            on remote storage (s3://, gs://) it is never found."""
+            name = trial_dirname(SimpleNamespace(trial_id=trial_id, config=config), fixed_method=self._fixed_method)
+            root = self._experiment_path.removeprefix("file://").rstrip("/")
+            ot_trial.set_user_attr("tune_trial_dir", f"{root}/{name}")
 
         def _trial_dir(self, trial_id: str) -> Path | None:
             root = self._local_root()
